@@ -1,0 +1,55 @@
+"""Every artifact path in one place: stages, the CLI, tests and `dvc.yaml` agree through this module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    # download
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "artifacts" / "data"
+
+    @property
+    def prepared(self) -> Path:
+        return self.data_dir / "prepared.safetensors"
+
+    # expert-buffer
+    @property
+    def experts_dir(self) -> Path:
+        return self.root / "artifacts" / "experts"
+
+    # distill
+    @property
+    def distill_dir(self) -> Path:
+        return self.root / "artifacts" / "distill"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.distill_dir / "synthetic.safetensors"
+
+    @property
+    def curves(self) -> Path:
+        return self.distill_dir / "curves.csv"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.distill_dir / "curves.png"
+
+    @property
+    def grid(self) -> Path:
+        return self.distill_dir / "grid.png"
+
+    # metrics
+    @property
+    def distill_metrics(self) -> Path:
+        return self.root / "metrics" / "distill.json"
+
+    @property
+    def evaluate_metrics(self) -> Path:
+        return self.root / "metrics" / "evaluate.json"

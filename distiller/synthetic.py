@@ -1,0 +1,101 @@
+"""The synthetic set: images, labels and the learned lr, its file format and its picture.
+
+Images are stored class-major in the space of the prepared data (normalised): image `c * ipc + j` is the j-th image
+of class c, so "the first k images per class" is well defined.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from distiller._runtime import DistillerError, atomic_path, load_safetensors, save_safetensors, sha256_tensors
+from distiller.data import Prepared
+
+FORMAT = "distiller.synthetic"
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    images: torch.Tensor  # (classes * ipc, C, H, W), class-major, normalised like the real data
+    labels: torch.Tensor  # (classes * ipc,) int64
+    lr: float  # learned student lr alpha: the lr to train on this set with
+    ipc: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels) // self.ipc
+
+
+def real_subset(data: Prepared, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ipc` random training images of every class, class-major (real initialisation and the random baseline)."""
+    labels_cpu = data.train_labels.cpu()
+    chosen = []
+    for c in range(data.num_classes):
+        idx = torch.nonzero(labels_cpu == c).flatten()
+        if len(idx) < ipc:
+            raise DistillerError(
+                f"distill.ipc {ipc} exceeds the {len(idx)} training images of class '{data.classes[c]}'"
+            )
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
+    order = torch.cat(chosen).to(data.train_images.device)
+    return data.train_images[order].clone(), data.train_labels[order].clone()
+
+
+def class_major_labels(num_classes: int, ipc: int) -> torch.Tensor:
+    return torch.arange(num_classes).repeat_interleave(ipc)
+
+
+def save(syn: SyntheticSet, path: Path | str, provenance: dict[str, object]) -> None:
+    meta = {
+        "lr": repr(syn.lr),
+        "ipc": str(syn.ipc),
+        "content_hash": sha256_tensors(syn.images, syn.labels),
+        "provenance": json.dumps(provenance),
+    }
+    save_safetensors(path, {"images": syn.images, "labels": syn.labels}, FORMAT, FORMAT_VERSION, meta)
+
+
+def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
+    tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "synthetic set", "run `distiller distill` first")
+    if "images" not in tensors or "labels" not in tensors:
+        raise DistillerError(f"{path}: synthetic set lacks images or labels")
+    if sha256_tensors(tensors["images"], tensors["labels"]) != meta.get("content_hash"):
+        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited)")
+    syn = SyntheticSet(images=tensors["images"], labels=tensors["labels"], lr=float(meta["lr"]), ipc=int(meta["ipc"]))
+    return syn, json.loads(meta["provenance"])
+
+
+def to_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Undo the normalisation and quantise for viewing: uint8 (N, H, W, C). Lossy; previews only."""
+    x = images.detach().cpu() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def grid_png(
+    images: torch.Tensor, ipc: int, classes: tuple[str, ...], mean: torch.Tensor, std: torch.Tensor, path: Path | str
+) -> None:
+    """One row per class, its name on the left; small images are upscaled (nearest) to at least 48 px."""
+    pixels = to_pixels(images, mean, std)  # (N, H, W, C)
+    n, h, w, c = pixels.shape
+    zoom = max(1, -(-48 // max(h, w)))
+    cell_h, cell_w, pad = h * zoom, w * zoom, 2
+    label_w = 8 + 7 * max(len(name) for name in classes)
+    rows = n // ipc
+    canvas = Image.new("RGB", (label_w + ipc * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        row, col = divmod(i, ipc)
+        arr = pixels[i].numpy()
+        tile = Image.fromarray(arr[:, :, 0], "L") if c == 1 else Image.fromarray(arr, "RGB")
+        tile = tile.resize((cell_w, cell_h), Image.Resampling.NEAREST).convert("RGB")
+        canvas.paste(tile, (label_w + pad + col * (cell_w + pad), pad + row * (cell_h + pad)))
+    for row in range(rows):
+        draw.text((4, pad + row * (cell_h + pad) + cell_h // 2 - 5), classes[row], fill="black")
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")

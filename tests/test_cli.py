@@ -1,0 +1,145 @@
+"""The CLI contract: helpful --help, a working pipeline, and one-line errors with exit code 2 that write nothing."""
+
+import json
+
+import pytest
+import torch
+from helpers import TINY, write_params
+from typer.testing import CliRunner
+
+from distiller.cli import app
+from distiller.paths import Layout
+from distiller.synthetic import load as load_synthetic
+
+runner = CliRunner()
+COMMANDS = ["download", "expert-buffer", "distill", "evaluate"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_help_explains_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+    for command in COMMANDS:
+        result = invoke(command, "--help")
+        assert result.exit_code == 0, result.output
+        assert "--params" in result.stdout and "--set" in result.stdout
+    assert "MTT" in invoke("distill", "--help").stdout
+    assert invoke("--version").stdout.startswith("distiller ")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_yaml):
+    return tmp_path
+
+
+def run_stage(project, command, *extra):
+    result = invoke(command, "--params", str(project / "params.yaml"), "--root", str(project), *extra)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_stages_run_in_order_and_write_their_outputs(project):
+    layout = Layout(project)
+    assert "1347 train / 450 test" in run_stage(project, "download").stdout
+    assert "2 experts" in run_stage(project, "expert-buffer").stdout
+    assert sorted(p.name for p in layout.experts_dir.iterdir()) == [
+        "expert_000.safetensors",
+        "expert_001.safetensors",
+        "manifest.json",
+    ]
+    assert "distilled 10 images" in run_stage(project, "distill").stdout
+    assert {p.name for p in layout.distill_dir.iterdir()} == {
+        "synthetic.safetensors",
+        "curves.csv",
+        "curves.png",
+        "grid.png",
+    }
+    assert layout.curves.read_text().splitlines()[0] == "iteration,loss,syn_lr,expert,start_epoch"
+    out = run_stage(project, "evaluate").stdout
+    assert "distilled (mtt, ipc 1)" in out and "random real" in out and "full data" in out
+
+    metrics = json.loads(layout.evaluate_metrics.read_text())
+    assert {"dataset", "method", "ipc", "accuracy", "baselines", "protocol", "seconds"} <= set(metrics)
+    assert metrics["dataset"] == "digits" and metrics["method"] == "mtt" and metrics["ipc"] == 1
+    for result in (metrics["accuracy"], metrics["baselines"]["random_real"]):
+        assert len(result["runs"]) == TINY["evaluate"]["num_eval"]
+        assert all(0 <= a <= 1 for a in result["runs"]) and 0 <= result["mean"] <= 1
+    assert len(metrics["baselines"]["full_data"]["runs"]) == 1
+    assert metrics["protocol"]["momentum"] == 0.9 and metrics["protocol"]["augmentation"]["kind"] == "dsa"
+
+    # no temporary files are left beside the outputs
+    leftovers = [p for p in project.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    assert leftovers == []
+
+
+def test_distill_twice_gives_bitwise_identical_images(project):
+    run_stage(project, "download")
+    run_stage(project, "expert-buffer")
+    run_stage(project, "distill")
+    first, _ = load_synthetic(Layout(project).synthetic)
+    run_stage(project, "distill")
+    second, _ = load_synthetic(Layout(project).synthetic)
+    assert torch.equal(first.images, second.images) and first.lr == second.lr
+
+
+def assert_clean_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_ipc_zero_is_a_one_line_error_and_writes_nothing(project):
+    run_stage(project, "download")
+    run_stage(project, "expert-buffer")
+    result = invoke("distill", "--params", str(project / "params.yaml"), "--root", str(project), "--ipc", "0")
+    assert_clean_error(result, "distill.ipc must be >= 1, got 0")
+    assert not Layout(project).distill_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        ({"distill": {"ipcc": 1}}, ["unknown key 'distill.ipcc'", "did you mean 'distill.ipc'"]),
+        ({"distill": {"ipc": "ten"}}, ["distill.ipc must be an integer"]),
+        ({"evaluate": {"num_eval": -1}}, ["evaluate.num_eval must be >= 1"]),
+    ],
+)
+def test_bad_params_file_is_a_one_line_error(project, edit, fragments):
+    raw = json.loads(json.dumps(TINY))
+    for section, values in edit.items():
+        raw.setdefault(section, {}).update(values)
+    write_params(project / "params.yaml", raw)
+    for command in COMMANDS:
+        assert_clean_error(
+            invoke(command, "--params", str(project / "params.yaml"), "--root", str(project)), *fragments
+        )
+    assert not (project / "artifacts").exists() and not (project / "metrics").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "fragment"),
+    [
+        ("expert-buffer", "prepared data not found"),
+        ("distill", "prepared data not found"),
+        ("evaluate", "prepared data not found"),
+    ],
+)
+def test_missing_inputs_are_named(project, command, fragment):
+    result = invoke(command, "--params", str(project / "params.yaml"), "--root", str(project))
+    assert_clean_error(result, fragment, "artifacts/data/prepared.safetensors")
+
+
+def test_missing_experts_and_params_file_are_named(project, tmp_path):
+    run_stage(project, "download")
+    result = invoke("distill", "--params", str(project / "params.yaml"), "--root", str(project))
+    assert_clean_error(result, "expert buffer not found", "manifest.json")
+    assert_clean_error(invoke("download", "--params", str(tmp_path / "nope.yaml")), "params file not found")
+    assert_clean_error(invoke("download", "--params", str(project / "params.yaml"), "-S", "distill.ipc"), "key=value")

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+from distiller._runtime import DistillerError
+from distiller.experts import load_buffer, load_trajectory, manifest, save_trajectory, train_expert, write_manifest
+from distiller.params import ModelParams
+
+
+@pytest.fixture
+def expert(digits, tiny):
+    return train_expert(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed, 0, torch.device("cpu"))
+
+
+def test_trajectory_records_init_and_every_epoch(expert, tiny):
+    trajectory, acc = expert
+    assert len(trajectory) == tiny.expert.epochs + 1 and 0 <= acc <= 1
+    assert set(trajectory[0]) == {
+        "features.0.weight",
+        "features.0.bias",
+        "features.1.weight",
+        "features.1.bias",
+        "features.4.weight",
+        "features.4.bias",
+        "features.5.weight",
+        "features.5.bias",
+        "classifier.weight",
+        "classifier.bias",
+    }
+    assert not torch.equal(trajectory[0]["classifier.weight"], trajectory[-1]["classifier.weight"])
+
+
+def test_trajectories_round_trip_by_name(expert, tmp_path):
+    trajectory, _ = expert
+    path = tmp_path / "expert_000.safetensors"
+    save_trajectory(trajectory, path)
+    loaded = load_trajectory(path)
+    assert len(loaded) == len(trajectory)
+    for epoch, (a, b) in enumerate(zip(trajectory, loaded, strict=True)):
+        assert set(a) == set(b), epoch
+        for name in a:
+            assert torch.equal(a[name], b[name]), (epoch, name)
+
+
+def test_buffer_for_other_data_or_architecture_is_refused(expert, digits, tiny, tmp_path):
+    trajectory, acc = expert
+    save_trajectory(trajectory, tmp_path / "expert_000.safetensors")
+    write_manifest(tmp_path, manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed), [acc])
+    assert len(load_buffer(tmp_path, digits, tiny.model, min_epochs=2).trajectories) == 1
+    with pytest.raises(DistillerError, match="another architecture"):
+        load_buffer(tmp_path, digits, ModelParams(width=16), min_epochs=2)
+    with pytest.raises(DistillerError, match="distillation needs 9"):
+        load_buffer(tmp_path, digits, tiny.model, min_epochs=9)
+    info = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**info, "dataset_hash": "0" * 64}))
+    with pytest.raises(DistillerError, match="trained on other data"):
+        load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
+    with pytest.raises(DistillerError, match="expert buffer not found"):
+        load_buffer(tmp_path / "nowhere", digits, tiny.model, min_epochs=2)
