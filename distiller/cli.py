@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distiller import __version__, pipeline
-from distiller._runtime import DistillerError
+from distiller._runtime import DistillerError, configure_torch
 from distiller.params import Params, load_params, parse_override
 from distiller.paths import Layout
 
@@ -90,6 +90,7 @@ def _session() -> Iterator[RichReporter]:
         console=err,
         disable=not err.is_terminal,
     )
+    configure_torch()
     try:
         with progress:
             yield RichReporter(progress)
@@ -129,7 +130,7 @@ def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root:
 
 @app.command("expert-buffer")
 def expert_buffer(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Train the MTT experts and record their parameter trajectories in artifacts/experts/.
+    """Train the MTT experts and record their parameter trajectories in artifacts/experts/ (MTT only).
 
     Each of `expert.num_experts` ConvNets trains with plain SGD (lr `expert.lr`) and DSA for `expert.epochs` epochs;
     the parameters before training and after every epoch are stored by name in one safetensors file per expert.
@@ -137,6 +138,9 @@ def expert_buffer(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, 
     with _session() as reporter:
         p = _params(params, set_)
         accs = pipeline.expert_buffer(p, Layout(root), reporter)
+    if not accs:
+        typer.echo(f"no experts needed for distill.method {p.distill.method}: wrote an empty buffer")
+        return
     typer.echo(f"{len(accs)} experts, final test accuracy {_pct(min(accs))} .. {_pct(max(accs))}")
 
 
@@ -147,30 +151,34 @@ def distill(
     root: RootOpt = Path("."),
     ipc: Annotated[int | None, typer.Option("--ipc", help="Images per class (overrides distill.ipc).")] = None,
     iterations: Annotated[
-        int | None, typer.Option("--iterations", help="Outer iterations (overrides distill.iterations).")
+        int | None,
+        typer.Option("--iterations", help="Outer iterations (overrides mtt.iterations or ratbptt.iterations)."),
     ] = None,
 ) -> None:
-    """Distill the training set into `distill.ipc` images per class with MTT.
+    """Distill the training set into `distill.ipc` images per class with MTT or RaT-BPTT (`distill.method`).
 
-    Writes artifacts/distill/ (synthetic.safetensors with images, labels and the learned lr; curves.csv with the
-    loss and syn_lr per iteration; grid.png, one row per class) and metrics/distill.json.
+    Writes artifacts/distill/ (synthetic.safetensors with images, labels and the learned lr; curves.csv with the loss
+    per iteration; grid.png, one row per class) and metrics/distill.json. With RaT-BPTT the set is boosted over
+    `distill.budgets` (Boost-DD: its first k images per class are the budget-k set), and the references the
+    evaluation compares against (sets distilled directly at each budget) go to artifacts/distill/references/.
     """
     with _session() as reporter:
-        p = _params(params, set_, {"distill.ipc": ipc, "distill.iterations": iterations})
-        syn, curves = pipeline.distill(p, Layout(root), reporter)
-    typer.echo(
-        f"distilled {len(syn.labels)} images ({syn.ipc} per class): final loss {curves.loss[-1]:.4f}, "
-        f"learned lr {syn.lr:.5g}"
-    )
+        p = _params(params, set_, {"distill.ipc": ipc})
+        if iterations is not None:
+            p = _params(params, set_, {"distill.ipc": ipc, f"{p.distill.method}.iterations": iterations})
+        summary = pipeline.distill(p, Layout(root), reporter)
+    typer.echo(summary)
 
 
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Train fresh networks on the distilled set and report test accuracy, beside two baselines.
+    """Train fresh networks on the distilled set and report test accuracy, beside its references.
 
-    MTT protocol: `evaluate.num_eval` networks, SGD (momentum 0.9, weight decay 5e-4, learned lr, x0.1 at half),
-    DSA on. In the same run and with the same seeds: a random real subset of the same size and the full training set
-    (real_lr). Writes metrics/evaluate.json.
+    MTT protocol: `evaluate.num_eval` networks, SGD (momentum 0.9, weight decay 5e-4, the learned lr or real_lr,
+    x0.1 at half), DSA on. In the same run and with the same seeds: a random real subset of the same size and the
+    full training set. A boosted RaT-BPTT set is scored at every budget, beside a set distilled directly at that
+    budget, the naive subset (a prefix of the set distilled directly at the largest budget) and a random real subset.
+    Writes metrics/evaluate.json and artifacts/evaluate/ (budgets.csv, budgets.png).
     """
     with _session() as reporter:
         p = _params(params, set_)
@@ -179,6 +187,9 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root:
     lines = [f"distilled ({m['method']}, ipc {m['ipc']}): {_fmt(acc)}", f"random real: {_fmt(base['random_real'])}"]
     if "full_data" in base:
         lines.append(f"full data:   {_fmt(base['full_data'])}")
+    if len(m["budgets"]) > 1:
+        for b, row in m["budgets"].items():
+            lines.append(f"ipc {b:>3}: " + "  ".join(f"{name} {100 * r['mean']:.2f}" for name, r in row.items()))
     typer.echo("\n".join(lines))
 
 

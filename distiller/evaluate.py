@@ -1,12 +1,17 @@
 """Honest evaluation: train fresh networks on a set and test them on the held-out test split.
 
-The MTT protocol (`utils.evaluate_synset`): `num_eval` networks, SGD with momentum 0.9 and weight decay 5e-4, batch
-256, lr x0.1 at half of the epochs, DSA on while training. Network i of every set evaluated in one run uses the same
-initialisation and the same stream of minibatch orders and augmentations, so sets differ only in their images.
+Two protocols, chosen by the method that made the set and applied to the set and all its references alike:
+- MTT (`utils.evaluate_synset`): SGD with momentum 0.9 and weight decay 5e-4, the learned lr, batch 256, lr x0.1 at
+  half of the epochs, DSA on while training.
+- RaT-BPTT sets (no learned lr): by default the same SGD protocol at real_lr for every set, for
+  `evaluate.ratbptt_epochs`; or (`ratbptt_optimizer: inner`) the reference's `base.test`: the inner optimiser at the
+  inner lr, constant, no weight decay, RaT-BPTT's augmentation. The reference keeps the best of several test-time
+  checkpoints, which selects on the test set; we report the final network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -15,7 +20,7 @@ import torch
 from distiller import augment, models
 from distiller._runtime import SILENT, Reporter, generator
 from distiller.data import Prepared
-from distiller.params import Params
+from distiller.params import AugmentParams, Params
 from distiller.train import SGDConfig, accuracy, train
 
 
@@ -40,66 +45,134 @@ class EvalResult:
         return f"{100 * self.mean:.2f} +- {100 * self.std:.2f} % (n={len(self.runs)})"
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """How every network of one evaluation trains: the same for the distilled set and all its references."""
+
+    name: str  # "mtt" or "ratbptt"
+    optimizer: str  # "sgd" or "adam"
+    epochs: int
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    decay_at_half: bool
+    augment: AugmentParams | None
+    real_lr: float  # the lr of every set that has no learned one
+    learned_lr: bool  # a set that carries a learned lr (MTT's syn_lr) trains with it
+
+    def lr(self, learned: float | None) -> float:
+        return learned if self.learned_lr and learned is not None else self.real_lr
+
+    def config(self, lr: float, epochs: int | None = None) -> SGDConfig:
+        return SGDConfig(
+            epochs=epochs or self.epochs,
+            lr=lr,
+            batch_size=self.batch_size,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            decay_at_half=self.decay_at_half,
+            optimizer=self.optimizer,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "optimizer": self.optimizer,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "momentum": self.momentum if self.optimizer == "sgd" else None,
+            "weight_decay": self.weight_decay,
+            "lr_schedule": "x0.1 at epochs // 2" if self.decay_at_half else "constant",
+            "lr": "learned syn_lr for the distilled set; real_lr for real-image sets"
+            if self.learned_lr
+            else "real_lr for every set",
+            "real_lr": self.real_lr,
+            "augmentation": augment.describe(self.augment) if self.augment is not None else None,
+        }
+
+
+def protocol_for(p: Params, method: str) -> Protocol:
+    """MTT sets: MTT's protocol (the learned lr; real_lr for real-image sets), `evaluate.epochs` epochs.
+
+    RaT-BPTT sets learn no lr, so every set of their evaluation trains the same way, for `evaluate.ratbptt_epochs`:
+    with `ratbptt_optimizer` sgd, MTT's SGD protocol at real_lr; with `inner`, the inner optimiser the set was distilled
+    for at its inner lr, constant, no weight decay, RaT-BPTT's augmentation (as the reference's `base.test` trains)."""
+    e = p.evaluate
+    mtt_aug = p.augment if e.augment and p.augment.strategy != "none" else None
+    if method == "ratbptt" and e.ratbptt_optimizer == "inner":
+        r = p.ratbptt
+        aug = None if r.augment == "none" or not e.augment else dataclasses.replace(p.augment, strategy=r.augment)
+        return Protocol(
+            "ratbptt-inner",
+            r.inner_optimizer,
+            e.ratbptt_epochs,
+            e.batch_size,
+            r.inner_momentum,
+            0.0,
+            False,
+            aug,
+            r.inner_lr,
+            learned_lr=False,
+        )
+    if method == "ratbptt":
+        return Protocol(
+            "mtt-sgd",
+            "sgd",
+            e.ratbptt_epochs,
+            e.batch_size,
+            e.momentum,
+            e.weight_decay,
+            True,
+            mtt_aug,
+            e.real_lr,
+            learned_lr=False,
+        )
+    return Protocol(
+        "mtt", "sgd", e.epochs, e.batch_size, e.momentum, e.weight_decay, True, mtt_aug, e.real_lr, learned_lr=True
+    )
+
+
 def score(
     images: torch.Tensor,
-    labels: torch.Tensor,
+    targets: torch.Tensor,
     data: Prepared,
     p: Params,
+    proto: Protocol,
     *,
     lr: float,
     runs: int,
-    epochs: int,
     device: torch.device,
+    epochs: int | None = None,
     progress: Reporter = SILENT,
     description: str = "evaluate",
 ) -> EvalResult:
-    """Train `runs` fresh networks on (images, labels) with the protocol in `p.evaluate` and test each one."""
-    e = p.evaluate
-    cfg = SGDConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=e.batch_size,
-        momentum=e.momentum,
-        weight_decay=e.weight_decay,
-        decay_at_half=True,
-    )
-    advance = progress.task(description, runs * epochs)
+    """Train `runs` fresh networks on (images, targets) under `proto` and test each one.
+
+    Network i of every set in one run starts from the same initialisation and draws the same minibatch orders and
+    augmentations, so sets differ only in their images. `targets` are hard labels or label distributions."""
+    cfg = proto.config(lr, epochs)
+    advance = progress.task(description, runs * cfg.epochs)
     accs = []
     for i in range(runs):
         model = models.build_model(
             p.model, data.image_shape, data.num_classes, generator(p.seed, "eval-init", i), device
         )
         gen = generator(p.seed, "eval-train", i, device=device)
-        train(
-            model,
-            images.to(device),
-            labels.to(device),
-            cfg,
-            p.augment if e.augment else None,
-            gen,
-            on_epoch=lambda _: advance(1),
+        train(model, images.to(device), targets.to(device), cfg, proto.augment, gen, on_epoch=lambda _: advance(1))
+        accs.append(
+            accuracy(model, data.test_images.to(device), data.test_labels.to(device), p.evaluate.test_batch_size)
         )
-        accs.append(accuracy(model, data.test_images.to(device), data.test_labels.to(device), e.test_batch_size))
     return EvalResult(tuple(accs))
 
 
-def protocol(p: Params, data: Prepared) -> dict[str, object]:
+def protocol(p: Params, data: Prepared, proto: Protocol) -> dict[str, object]:
     """The evaluation protocol as plain data (for metrics and dataset cards)."""
     e = p.evaluate
     return {
-        "name": "mtt",
+        **proto.as_dict(),
         "architecture": models.describe(p.model, data.image_shape, data.num_classes),
-        "optimizer": "sgd",
-        "momentum": e.momentum,
-        "weight_decay": e.weight_decay,
-        "batch_size": e.batch_size,
-        "epochs": e.epochs,
-        "lr_schedule": "x0.1 at epochs // 2",
-        "lr": "learned syn_lr for the distilled set; real_lr for real-image baselines",
-        "real_lr": e.real_lr,
-        "augmentation": augment.describe(p.augment) if e.augment else None,
         "num_eval": e.num_eval,
-        "full_data": {"runs": e.full_data_runs, "epochs": e.full_data_epochs or e.epochs},
+        "full_data": {"runs": e.full_data_runs, "epochs": e.full_data_epochs or proto.epochs},
         "std": "population (numpy default)",
         "test_split": f"{len(data.test_labels)} held-out images",
     }

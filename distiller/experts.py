@@ -130,5 +130,8 @@ def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epoch
         raise DistillerError(f"{path}: experts have another architecture than model params; re-run expert-buffer")
     if int(info.get("epochs", 0)) < min_epochs:
         raise DistillerError(f"{path}: experts have {info.get('epochs')} epochs, distillation needs {min_epochs}")
+    if not info.get("files"):
+        why = info.get("skipped", "it holds no trajectories")
+        raise DistillerError(f"{path}: the expert buffer is empty ({why}); MTT needs experts: re-run expert-buffer")
     trajectories = [load_trajectory(directory / f) for f in info["files"]]
     return ExpertBuffer(trajectories=trajectories, manifest=info)

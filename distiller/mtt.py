@@ -102,9 +102,9 @@ def distill(
     progress: Reporter = SILENT,
     on_iteration: Callable[[int, SyntheticSet], None] | None = None,
 ) -> tuple[SyntheticSet, Curves]:
-    """Run `distill.iterations` MTT iterations and return the synthetic set with its curves."""
+    """Run `mtt.iterations` MTT iterations and return the synthetic set with its curves."""
     m = p.mtt
-    images = initial_images(data, p.distill.ipc, p.distill.init, generator(p.seed, "mtt-init"))
+    images = initial_images(data, p.distill.ipc, m.init, generator(p.seed, "mtt-init"))
     images = images.to(device).requires_grad_(True)
     labels = class_major_labels(data.num_classes, p.distill.ipc).to(device)
     syn_lr = torch.tensor(float(p.expert.lr), device=device).requires_grad_(True)
@@ -115,9 +115,9 @@ def distill(
     augment_gen = generator(p.seed, "mtt-augment", device=device)
     augment = p.augment if p.augment.strategy != "none" else None
     curves = Curves([], [], [], [], [])
-    advance = progress.task("distill (MTT)", p.distill.iterations)
+    advance = progress.task("distill (MTT)", m.iterations)
 
-    for it in range(1, p.distill.iterations + 1):
+    for it in range(1, m.iterations + 1):
         e = int(torch.randint(len(buffer.trajectories), (1,), generator=segment_gen))
         t = int(torch.randint(m.max_start_epoch, (1,), generator=segment_gen))
         trajectory = buffer.trajectories[e]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -76,14 +77,17 @@ class ExpertParams:
 
 @dataclass(frozen=True)
 class DistillParams:
-    method: Literal["mtt"] = _f("mtt", "distillation method")
-    ipc: int = _f(10, "synthetic images per class", ge=1)
-    iterations: int = _f(50, "outer iterations", ge=1)
-    init: Literal["real", "noise"] = _f("real", "initialise S from random real images or N(0, 1) noise")
+    method: Literal["mtt", "ratbptt"] = _f("mtt", "distillation method")
+    ipc: int = _f(10, "synthetic images per class (the largest budget)", ge=1)
+    budgets: tuple[int, ...] = _f(
+        (1, 2, 5, 10), "ratbptt: nested budgets for Boost-DD; those above ipc are dropped and ipc is always the last"
+    )
 
 
 @dataclass(frozen=True)
 class MTTParams:
+    iterations: int = _f(50, "outer iterations", ge=1)
+    init: Literal["real", "noise"] = _f("real", "initialise S from random real images or N(0, 1) noise")
     syn_steps: int = _f(20, "student SGD steps N per iteration", ge=1)
     expert_epochs: int = _f(2, "expert epochs M between start and target", ge=1)
     max_start_epoch: int = _f(8, "start epoch t drawn from {0 .. T+ - 1}", ge=1)
@@ -95,6 +99,44 @@ class MTTParams:
 
 
 @dataclass(frozen=True)
+class RatBPTTParams:
+    iterations: int = _f(300, "outer steps", ge=1)
+    init: Literal["noise", "real"] = _f(
+        "real", "real images, or N(0, 1) pixels rescaled to unit norm per image (paper)"
+    )
+    horizon: int = _f(40, "inner horizon T: warm-up plus window never exceed it", ge=1)
+    window: int = _f(20, "differentiable inner steps W", ge=1)
+    placement: Literal["random", "fixed", "end"] = _f("random", "window start s: U{0..T-W}, `warmup_steps`, or T-W")
+    warmup_steps: int = _f(0, "s when placement is fixed", ge=0)
+    redraw_every: int = _f(1, "outer steps between draws of the window start", ge=1)
+    inner_optimizer: Literal["adam", "sgd"] = _f("adam", "inner optimiser (differentiated through)")
+    inner_lr: float = _f(1e-2, "inner lr eta (fixed, not learned)", gt=0)
+    inner_momentum: float = _f(0.9, "momentum when inner_optimizer is sgd", ge=0, lt=1)
+    batch_per_class: int = _f(10, "inner minibatch: images per class per step (capped at the images per class)", ge=1)
+    classes_per_step: int = _f(0, "classes per inner step (0: all)", ge=0)
+    real_batch: int = _f(512, "real images B in the meta-loss batch", ge=1)
+    outer_lr: float = _f(1e-2, "Adam lr on the pixels", gt=0)
+    soft_labels: bool = _f(False, "learn labels (initialised one-hot, kept non-negative)")
+    label_lr_scale: float = _f(1.0, "labels use outer_lr / label_lr_scale", gt=0)
+    clip_ema: float = _f(0.1, "rate of the running average of the meta-gradient norm", gt=0, le=1)
+    clip_factor: float = _f(2.0, "clip the pixel gradient to this times the running average norm", gt=0)
+    augment: str = _f("crop_scale_rotate", "DSA families for inner and real batches (the paper: flip_rotate)")
+
+
+@dataclass(frozen=True)
+class BoostParams:
+    beta: float = _f(0.1, "Boost-DD: earlier blocks are updated beta times as much (0 freezes, 1 joint)", ge=0, le=1)
+    beta_scales: Literal["update", "gradient"] = _f("update", "what beta scales (Adam ignores a gradient scale)")
+    stage_iterations: int = _f(100, "outer steps per boosting stage after the first (0: ratbptt.iterations)", ge=0)
+    reference_iterations: int = _f(
+        150, "outer steps of each direct reference above the first budget (0: ratbptt.iterations)", ge=0
+    )
+    references: bool = _f(
+        True, "also distill directly at every budget (the evaluation's direct and naive-subset references)"
+    )
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     num_eval: int = _f(5, "fresh networks trained per set", ge=1)
     epochs: int = _f(1000, "training epochs per network; lr x0.1 at half", ge=1)
@@ -103,6 +145,10 @@ class EvaluateParams:
     weight_decay: float = _f(5e-4, "SGD weight decay", ge=0)
     augment: bool = _f(True, "DSA on while training (MTT protocol)")
     real_lr: float = _f(0.01, "lr for the real-image baselines (the synthetic set trains with its learned lr)", gt=0)
+    ratbptt_epochs: int = _f(300, "epochs per network when scoring RaT-BPTT sets and their references", ge=1)
+    ratbptt_optimizer: Literal["sgd", "inner"] = _f(
+        "sgd", "RaT-BPTT sets: sgd = MTT's SGD protocol at real_lr; inner = the inner optimiser at its lr (reference)"
+    )
     full_data_runs: int = _f(1, "networks trained on the full training set (0 skips the baseline)", ge=0)
     full_data_epochs: int = _f(100, "epochs for the full-data baseline (0: the same as `epochs`)", ge=0)
     test_batch_size: int = _f(1024, "test-time batch (no effect on results)", ge=1)
@@ -118,6 +164,8 @@ class Params:
     expert: ExpertParams = field(default_factory=ExpertParams)
     distill: DistillParams = field(default_factory=DistillParams)
     mtt: MTTParams = field(default_factory=MTTParams)
+    ratbptt: RatBPTTParams = field(default_factory=RatBPTTParams)
+    boost: BoostParams = field(default_factory=BoostParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
@@ -126,6 +174,11 @@ class Params:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # loading and validation
+
+
+def effective_budgets(p: DistillParams) -> tuple[int, ...]:
+    """The nested budgets actually distilled: those below ipc, then ipc itself."""
+    return (*[b for b in p.budgets if b < p.ipc], p.ipc)
 
 
 def _check_combinations(p: Params) -> None:
@@ -144,6 +197,20 @@ def _check_combinations(p: Params) -> None:
             f"mtt.max_start_epoch ({p.mtt.max_start_epoch}) - 1 + mtt.expert_epochs ({p.mtt.expert_epochs}) "
             f"= {last_target} exceeds expert.epochs ({p.expert.epochs}): the target epoch would not exist"
         )
+    b = p.distill.budgets
+    if not b or any(x < 1 for x in b) or any(x >= y for x, y in itertools.pairwise(b)):
+        raise DistillerError(f"distill.budgets must be increasing positive integers, got {list(b)}")
+    r = p.ratbptt
+    if r.window > r.horizon:
+        raise DistillerError(f"ratbptt.window ({r.window}) exceeds ratbptt.horizon ({r.horizon})")
+    if r.placement == "fixed" and r.warmup_steps + r.window > r.horizon:
+        raise DistillerError(
+            f"ratbptt.warmup_steps ({r.warmup_steps}) + window ({r.window}) exceeds ratbptt.horizon ({r.horizon})"
+        )
+    aug = p.ratbptt.augment
+    bad = [f for f in aug.split("_") if f not in AUG_FAMILIES] if aug != "none" else []
+    if bad:
+        raise DistillerError(f"ratbptt.augment: unknown family '{bad[0]}'{_did_you_mean(bad[0], AUG_FAMILIES)}")
     if p.device != "auto" and not (p.device == "cpu" or p.device.startswith("cuda")):
         raise DistillerError(f"device: '{p.device}' is not one of auto, cpu, cuda, cuda:N")
 
@@ -269,9 +336,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def to_dict(p: Any) -> dict[str, Any]:
-    """Plain nested dict (for provenance in artifacts and metrics)."""
-    out = dataclasses.asdict(p)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+    """Plain nested dict of YAML/JSON types (for provenance in artifacts and metrics)."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return [plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+    return plain(dataclasses.asdict(p))
 
 
 def field_help(cls: type) -> dict[str, str]:

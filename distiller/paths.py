@@ -45,6 +45,27 @@ class Layout:
     def grid(self) -> Path:
         return self.distill_dir / "grid.png"
 
+    @property
+    def references_dir(self) -> Path:
+        return self.distill_dir / "references"
+
+    def reference(self, budget: int) -> Path:
+        """A set distilled directly (no boosting) at `budget` images per class."""
+        return self.references_dir / f"direct_ipc{budget}.safetensors"
+
+    # evaluate
+    @property
+    def evaluate_dir(self) -> Path:
+        return self.root / "artifacts" / "evaluate"
+
+    @property
+    def budgets_csv(self) -> Path:
+        return self.evaluate_dir / "budgets.csv"
+
+    @property
+    def budgets_png(self) -> Path:
+        return self.evaluate_dir / "budgets.png"
+
     # metrics
     @property
     def distill_metrics(self) -> Path:

@@ -10,11 +10,10 @@ import csv
 import io
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
-from distiller import __version__, experts, mtt, plots, synthetic
+from distiller import __version__, boost, experts, mtt, plots, synthetic
 from distiller._runtime import (
     SILENT,
     DistillerError,
@@ -22,12 +21,13 @@ from distiller._runtime import (
     atomic_dir,
     generator,
     resolve_device,
+    sha256_tensors,
     write_json,
     write_text,
 )
 from distiller.data import Prepared, load_prepared, prepare, save_prepared
-from distiller.evaluate import EvalResult, protocol, score
-from distiller.params import Params, to_dict
+from distiller.evaluate import EvalResult, protocol, protocol_for, score
+from distiller.params import Params, effective_budgets, to_dict
 from distiller.paths import Layout
 
 
@@ -55,10 +55,16 @@ def download(p: Params, layout: Layout) -> Prepared:
 
 
 def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
-    """Train `expert.num_experts` experts; returns their final test accuracies."""
+    """Train `expert.num_experts` experts; returns their final test accuracies.
+
+    RaT-BPTT needs no experts: the stage then writes an empty buffer whose manifest says so, in no time."""
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     info = experts.manifest(data, p.model, p.expert, p.augment, p.seed)
+    if p.distill.method != "mtt":
+        with atomic_dir(layout.experts_dir) as out:
+            experts.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [])
+        return []
     advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
     accuracies = []
     with atomic_dir(layout.experts_dir) as out:
@@ -72,8 +78,14 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
     return accuracies
 
 
-def distill(p: Params, layout: Layout, progress: Reporter = SILENT) -> tuple[synthetic.SyntheticSet, mtt.Curves]:
-    """Distill with MTT; writes the synthetic set, per-iteration curves and the image grid."""
+def distill(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
+    """Distill with `distill.method`; writes the synthetic set, curves, image grid and metrics. Returns a summary."""
+    if p.distill.method == "ratbptt":
+        return _distill_ratbptt(p, layout, progress)
+    return _distill_mtt(p, layout, progress)
+
+
+def _distill_mtt(p: Params, layout: Layout, progress: Reporter) -> str:
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     buffer = experts.load_buffer(layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs)
@@ -103,72 +115,150 @@ def distill(p: Params, layout: Layout, progress: Reporter = SILENT) -> tuple[syn
         {
             "method": "mtt",
             "ipc": syn.ipc,
-            "iterations": p.distill.iterations,
+            "iterations": p.mtt.iterations,
             "final_loss": curves.loss[-1],
             "syn_lr": syn.lr,
             "seconds": round(seconds, 2),
         },
     )
-    return syn, curves
+    return (
+        f"distilled {len(syn.labels)} images ({syn.ipc} per class) with MTT: final loss {curves.loss[-1]:.4f}, "
+        f"learned lr {syn.lr:.5g}"
+    )
+
+
+def _distill_ratbptt(p: Params, layout: Layout, progress: Reporter) -> str:
+    device = resolve_device(p.device)
+    data = load_prepared(layout.prepared).to(device)
+    budgets = effective_budgets(p.distill)
+    start = time.perf_counter()
+    result = boost.boost(data, p, device, references=p.boost.references and len(budgets) > 1, progress=progress)
+    seconds = time.perf_counter() - start
+    prov = provenance(
+        p, method="ratbptt", dataset=data.source, dataset_hash=data.content_hash, seconds=round(seconds, 2)
+    )
+    rows = [  # one table for every run, `iteration` counting on across them (dvc plots' x axis)
+        {
+            "iteration": n,
+            "run": run,
+            "run_iteration": r["iteration"],
+            "loss": r["meta_loss"],
+            "grad_norm": r["grad_norm"],
+            "warmup_steps": r["warmup_steps"],
+        }
+        for n, (run, r) in enumerate(((run, r) for run, c in result.curves.items() for r in c.rows()), start=1)
+    ]
+    syn = result.boosted
+    with atomic_dir(layout.distill_dir) as out:
+        synthetic.save(syn, out / layout.synthetic.name, prov)
+        for b, ref in result.direct.items() if len(budgets) > 1 else ():
+            path = out / layout.reference(b).relative_to(layout.distill_dir)
+            path.parent.mkdir(exist_ok=True)
+            synthetic.save(ref, path, {**prov, "reference": f"distilled directly at ipc {b}, no boosting"})
+        write_text(out / layout.curves.name, _csv(rows))
+        synthetic.grid_png(syn.images, syn.ipc, data.classes, data.mean, data.std, out / layout.grid.name)
+        plots.runs_png(
+            out / layout.curves_png.name,
+            {run: (c.iteration, c.meta_loss) for run, c in result.curves.items()},
+            "meta-loss",
+            f"RaT-BPTT + Boost-DD on {data.source}, budgets {list(budgets)}",
+        )
+    final = {run: round(sum(c.meta_loss[-10:]) / len(c.meta_loss[-10:]), 4) for run, c in result.curves.items()}
+    write_json(
+        layout.distill_metrics,
+        {
+            "method": "ratbptt",
+            "ipc": syn.ipc,
+            "budgets": list(budgets),
+            "iterations": {run: len(c.iteration) for run, c in result.curves.items()},
+            "final_meta_loss": final,
+            "seconds": {**result.seconds, "total": round(seconds, 2)},
+        },
+    )
+    return (
+        f"distilled {len(syn.labels)} images ({syn.ipc} per class) with RaT-BPTT, nested budgets {list(budgets)}; "
+        f"meta-loss (last 10 steps) {final}"
+    )
 
 
 def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
-    """Score the synthetic set and, under the same protocol and seeds, a random real subset and the full data."""
+    """Score the synthetic set (every nested budget) and, under the same protocol and seeds, its references: a random
+    real subset, the full data and, for boosted sets, sets distilled directly at each budget and the naive subset."""
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     syn, prov = synthetic.load(layout.synthetic)
     if prov.get("dataset_hash") != data.content_hash:
         raise DistillerError(f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill")
+    method = str(prov.get("method"))
+    proto = protocol_for(p, method)
+    budgets = syn.budgets or (syn.ipc,)
+    refs = {b: synthetic.load(layout.reference(b))[0] for b in budgets if layout.reference(b).is_file()}
     e = p.evaluate
     seconds: dict[str, float] = {}
+    done: dict[str, EvalResult] = {}  # content hash -> result: a set that appears twice is trained once
 
-    def timed(name: str, images: torch.Tensor, labels: torch.Tensor, lr: float, runs: int, epochs: int) -> EvalResult:
-        start = time.perf_counter()
-        result = score(
-            images,
-            labels,
-            data,
-            p,
-            lr=lr,
-            runs=runs,
-            epochs=epochs,
-            device=device,
-            progress=progress,
-            description=f"evaluate {name.replace('_', ' ')}",
-        )
-        seconds[name] = round(time.perf_counter() - start, 2)
-        return result
+    def timed(name: str, s: synthetic.SyntheticSet, epochs: int | None = None, runs: int | None = None) -> EvalResult:
+        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}"
+        if key not in done:
+            t0 = time.perf_counter()
+            done[key] = score(
+                s.images,
+                s.targets,
+                data,
+                p,
+                proto,
+                lr=proto.lr(s.lr),
+                runs=runs or e.num_eval,
+                epochs=epochs,
+                device=device,
+                progress=progress,
+                description=f"evaluate {name}",
+            )
+            seconds[name] = round(time.perf_counter() - t0, 2)
+        return done[key]
 
-    accuracy = timed("synthetic", syn.images, syn.labels, syn.lr, e.num_eval, e.epochs)
+    # random real subsets are nested too: the first k per class of one draw at the largest budget
     real_x, real_y = synthetic.real_subset(data, syn.ipc, generator(p.seed, "random-real"))
-    random_real = timed("random_real", real_x, real_y, e.real_lr, e.num_eval, e.epochs)
-    baselines: dict[str, object] = {"random_real": random_real.as_dict()}
+    real = synthetic.SyntheticSet(real_x, real_y, None, syn.ipc)
+    per_budget: dict[str, dict[str, dict[str, Any]]] = {}
+    for b in budgets:
+        row = {"boosted" if len(budgets) > 1 else "distilled": timed(f"distilled ipc {b}", syn.prefix(b))}
+        if b in refs:
+            row["direct"] = timed(f"direct ipc {b}", refs[b])
+        if budgets[-1] in refs:
+            row["naive_subset"] = timed(f"naive subset ipc {b}", refs[budgets[-1]].prefix(b))
+        row["random_real"] = timed(f"random real ipc {b}", real.prefix(b))
+        per_budget[str(b)] = {k: v.as_dict() for k, v in row.items()}
+    top = per_budget[str(syn.ipc)]
+    baselines: dict[str, object] = {"random_real": top["random_real"]}
     if e.full_data_runs > 0:
-        full = timed(
-            "full_data",
-            data.train_images,
-            data.train_labels,
-            e.real_lr,
-            e.full_data_runs,
-            e.full_data_epochs or e.epochs,
-        )
-        baselines["full_data"] = full.as_dict()
+        full = synthetic.SyntheticSet(data.train_images, data.train_labels, None, 1)
+        baselines["full_data"] = timed("full data", full, e.full_data_epochs or None, e.full_data_runs).as_dict()
     seconds["total"] = round(sum(seconds.values()), 2)
     metrics = {
         "dataset": data.source,
-        "method": prov.get("method"),
+        "method": method,
         "ipc": syn.ipc,
         "lr": syn.lr,
-        "accuracy": accuracy.as_dict(),
+        "accuracy": top["boosted" if len(budgets) > 1 else "distilled"],
         "baselines": baselines,
-        "protocol": protocol(p, data),
+        "budgets": per_budget,
+        "protocol": protocol(p, data, proto),
         "seconds": seconds,
     }
+    curves = sorted({name for row in per_budget.values() for name in row}, key=_CURVE_ORDER.index)
+    table = [{"budget": int(b), **{c: row[c]["mean"] for c in curves if c in row}} for b, row in per_budget.items()]
+    with atomic_dir(layout.evaluate_dir) as out:
+        write_text(out / layout.budgets_csv.name, _csv(table))
+        plots.budgets_png(out / layout.budgets_png.name, per_budget, curves, f"{data.source}, {method}")
     write_json(layout.evaluate_metrics, metrics)
     return metrics
 
 
-def _csv(rows: list[dict[str, float | int]]) -> str:
+_CURVE_ORDER = ["distilled", "boosted", "direct", "naive_subset", "random_real"]
+
+
+def _csv(rows: Sequence[Mapping[str, object]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
     writer.writeheader()

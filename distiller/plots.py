@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from distiller._runtime import atomic_path
 
@@ -23,6 +24,65 @@ def curves_png(path: Path | str, x: Sequence[float], panels: dict[str, Sequence[
     axes[-1, 0].set_xlabel("iteration")
     fig.suptitle(title)
     fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def runs_png(
+    path: Path | str, runs: dict[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str
+) -> None:
+    """One line per named run (x, y), on one axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, (x, y) in runs.items():
+        ax.plot(x, y, linewidth=1, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def budgets_png(path: Path | str, per_budget: dict[str, dict[str, dict]], curves: Sequence[str], title: str) -> None:
+    """Test accuracy (mean +- std, %) against images per class, one line per curve."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for curve in curves:
+        pts = [(int(b), row[curve]) for b, row in per_budget.items() if curve in row]
+        xs = [b for b, _ in pts]
+        ax.errorbar(
+            xs,
+            [100 * r["mean"] for _, r in pts],
+            yerr=[100 * r["std"] for _, r in pts],
+            marker="o",
+            capsize=3,
+            linewidth=1,
+            label=curve.replace("_", " "),
+        )
+    ax.set_xscale("log")
+    ax.set_xticks([int(b) for b in per_budget], [str(b) for b in per_budget])
+    ax.set_xlabel("images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path | str) -> None:
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -1,7 +1,8 @@
-"""The synthetic set: images, labels and the learned lr, its file format and its picture.
+"""The synthetic set: images, labels (hard, and soft when learned), the lr to train with, its file and its picture.
 
 Images are stored class-major in the space of the prepared data (normalised): image `c * ipc + j` is the j-th image
-of class c, so "the first k images per class" is well defined.
+of class c, so "the first k images per class" is well defined. A Boost-DD set also records its nested `budgets`: the
+first b images of every class form the budget-b subset, for each b in budgets.
 """
 
 from __future__ import annotations
@@ -23,13 +24,31 @@ FORMAT_VERSION = "1"
 @dataclass(frozen=True)
 class SyntheticSet:
     images: torch.Tensor  # (classes * ipc, C, H, W), class-major, normalised like the real data
-    labels: torch.Tensor  # (classes * ipc,) int64
-    lr: float  # learned student lr alpha: the lr to train on this set with
+    labels: torch.Tensor  # (classes * ipc,) int64 hard labels
+    lr: float | None  # learned student lr (MTT); None when the method learns none
     ipc: int
+    soft_labels: torch.Tensor | None = None  # (classes * ipc, classes) learned label distributions, or None
+    budgets: tuple[int, ...] = ()  # nested budgets (Boost-DD); () means just (ipc,)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels) // self.ipc
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """What a network trains against: the soft labels when learned, else the hard ones."""
+        return self.soft_labels if self.soft_labels is not None else self.labels
+
+    def prefix(self, k: int) -> SyntheticSet:
+        """The first k images of every class (class-major), with their labels."""
+        if not 1 <= k <= self.ipc:
+            raise ValueError(f"prefix {k} outside 1 .. {self.ipc}")
+        idx = (torch.arange(self.num_classes)[:, None] * self.ipc + torch.arange(k)[None, :]).flatten()
+        idx = idx.to(self.images.device)
+        soft = self.soft_labels[idx] if self.soft_labels is not None else None
+        return SyntheticSet(
+            self.images[idx], self.labels[idx], self.lr, k, soft, tuple(b for b in self.budgets if b <= k)
+        )
 
 
 def real_subset(data: Prepared, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,22 +71,35 @@ def class_major_labels(num_classes: int, ipc: int) -> torch.Tensor:
 
 
 def save(syn: SyntheticSet, path: Path | str, provenance: dict[str, object]) -> None:
+    tensors = {"images": syn.images, "labels": syn.labels}
+    if syn.soft_labels is not None:
+        tensors["soft_labels"] = syn.soft_labels
     meta = {
-        "lr": repr(syn.lr),
+        "lr": json.dumps(syn.lr),
         "ipc": str(syn.ipc),
-        "content_hash": sha256_tensors(syn.images, syn.labels),
+        "budgets": json.dumps(list(syn.budgets or (syn.ipc,))),
+        "content_hash": sha256_tensors(*tensors.values()),
         "provenance": json.dumps(provenance),
     }
-    save_safetensors(path, {"images": syn.images, "labels": syn.labels}, FORMAT, FORMAT_VERSION, meta)
+    save_safetensors(path, tensors, FORMAT, FORMAT_VERSION, meta)
 
 
 def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
     tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "synthetic set", "run `distiller distill` first")
     if "images" not in tensors or "labels" not in tensors:
         raise DistillerError(f"{path}: synthetic set lacks images or labels")
-    if sha256_tensors(tensors["images"], tensors["labels"]) != meta.get("content_hash"):
+    ordered = [tensors[k] for k in ("images", "labels", "soft_labels") if k in tensors]
+    if sha256_tensors(*ordered) != meta.get("content_hash"):
         raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited)")
-    syn = SyntheticSet(images=tensors["images"], labels=tensors["labels"], lr=float(meta["lr"]), ipc=int(meta["ipc"]))
+    lr = json.loads(meta["lr"])
+    syn = SyntheticSet(
+        images=tensors["images"],
+        labels=tensors["labels"],
+        lr=None if lr is None else float(lr),
+        ipc=int(meta["ipc"]),
+        soft_labels=tensors.get("soft_labels"),
+        budgets=tuple(json.loads(meta["budgets"])),
+    )
     return syn, json.loads(meta["provenance"])
 
 

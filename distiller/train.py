@@ -25,6 +25,7 @@ class SGDConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     decay_at_half: bool = False  # lr x 0.1 once, at epochs // 2 (MTT's evaluation schedule)
+    optimizer: str = "sgd"  # sgd | adam (RaT-BPTT's inner optimiser; momentum is then unused)
 
 
 def train(
@@ -37,7 +38,11 @@ def train(
     on_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """Train `model` in place; `on_epoch(e)` runs after epoch e = 1 .. epochs; `gen` draws order and augmentation."""
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     n = len(images)
     model.train()
     for epoch in range(1, cfg.epochs + 1):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY, write_params
 
+from distiller._runtime import configure_torch
 from distiller.params import Params, params_from_dict
 
 
@@ -49,3 +50,4 @@ def digits():
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
+    configure_torch()

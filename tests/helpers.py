@@ -12,9 +12,10 @@ TINY: dict = {
     "device": "cpu",
     "model": {"width": 8},
     "expert": {"num_experts": 2, "epochs": 3},
-    "distill": {"ipc": 1, "iterations": 3},
-    "mtt": {"syn_steps": 3, "expert_epochs": 1, "max_start_epoch": 2},
-    "evaluate": {"num_eval": 2, "epochs": 4, "full_data_runs": 1, "full_data_epochs": 1},
+    "distill": {"ipc": 1},
+    "mtt": {"iterations": 3, "syn_steps": 3, "expert_epochs": 1, "max_start_epoch": 2},
+    "ratbptt": {"iterations": 2, "horizon": 4, "window": 2, "real_batch": 32},
+    "evaluate": {"num_eval": 2, "epochs": 4, "ratbptt_epochs": 4, "full_data_runs": 1, "full_data_epochs": 1},
 }
 
 

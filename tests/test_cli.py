@@ -28,7 +28,7 @@ def test_help_explains_every_command():
         result = invoke(command, "--help")
         assert result.exit_code == 0, result.output
         assert "--params" in result.stdout and "--set" in result.stdout
-    assert "MTT" in invoke("distill", "--help").stdout
+    assert "MTT" in invoke("distill", "--help").stdout and "RaT-BPTT" in invoke("distill", "--help").stdout
     assert invoke("--version").stdout.startswith("distiller ")
 
 
@@ -143,3 +143,43 @@ def test_missing_experts_and_params_file_are_named(project, tmp_path):
     assert_clean_error(result, "expert buffer not found", "manifest.json")
     assert_clean_error(invoke("download", "--params", str(tmp_path / "nope.yaml")), "params file not found")
     assert_clean_error(invoke("download", "--params", str(project / "params.yaml"), "-S", "distill.ipc"), "key=value")
+
+
+def test_ratbptt_boosts_writes_references_and_scores_every_budget(project):
+    layout = Layout(project)
+    rat = ("-S", "distill.method=ratbptt", "-S", "distill.ipc=2", "-S", "distill.budgets=[1, 2]")
+    run_stage(project, "download")
+    assert "no experts needed" in run_stage(project, "expert-buffer", *rat).stdout
+    assert [p.name for p in layout.experts_dir.iterdir()] == ["manifest.json"]
+    assert "nested budgets [1, 2]" in run_stage(project, "distill", *rat).stdout
+    syn, prov = load_synthetic(layout.synthetic)
+    assert syn.budgets == (1, 2) and syn.lr is None and prov["method"] == "ratbptt"
+    assert sorted(p.name for p in layout.references_dir.iterdir()) == [
+        "direct_ipc1.safetensors",
+        "direct_ipc2.safetensors",
+    ]
+    assert "run,run_iteration,loss" in layout.curves.read_text().splitlines()[0]
+    out = run_stage(project, "evaluate", *rat).stdout
+    assert "ipc   1:" in out and "naive_subset" in out
+
+    metrics = json.loads(layout.evaluate_metrics.read_text())
+    assert metrics["method"] == "ratbptt" and metrics["ipc"] == 2
+    assert set(metrics["budgets"]) == {"1", "2"}
+    for row in metrics["budgets"].values():
+        assert set(row) == {"boosted", "direct", "naive_subset", "random_real"}
+        assert all(len(r["runs"]) == TINY["evaluate"]["num_eval"] for r in row.values())
+    # the top-level fields describe the largest budget; the naive subset at the largest budget is the direct set
+    assert metrics["accuracy"] == metrics["budgets"]["2"]["boosted"]
+    assert metrics["budgets"]["2"]["naive_subset"] == metrics["budgets"]["2"]["direct"]
+    header = layout.budgets_csv.read_text().splitlines()[0]
+    assert header == "budget,boosted,direct,naive_subset,random_real"
+    assert layout.budgets_png.stat().st_size > 0
+
+    # MTT on the empty buffer RaT-BPTT left is refused, by name
+    result = invoke("distill", "--params", str(project / "params.yaml"), "--root", str(project))
+    assert_clean_error(result, "expert buffer is empty", "distill.method is ratbptt")
+
+
+def test_bad_budgets_are_a_one_line_error(project):
+    result = invoke("distill", "--params", str(project / "params.yaml"), "-S", "distill.budgets=[2, 1]")
+    assert_clean_error(result, "distill.budgets must be increasing")
