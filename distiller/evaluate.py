@@ -11,13 +11,12 @@ Two protocols, chosen by the method that made the set and applied to the set and
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 
 import torch
 
-from distiller import augment, models
+from distiller import augment, models, ratbptt
 from distiller._runtime import SILENT, Reporter, generator
 from distiller.data import Prepared
 from distiller.params import AugmentParams, Params
@@ -101,7 +100,7 @@ def protocol_for(p: Params, method: str) -> Protocol:
     mtt_aug = p.augment if e.augment and p.augment.strategy != "none" else None
     if method == "ratbptt" and e.ratbptt_optimizer == "inner":
         r = p.ratbptt
-        aug = None if r.augment == "none" or not e.augment else dataclasses.replace(p.augment, strategy=r.augment)
+        aug = ratbptt.augment_params(r, p.augment) if e.augment else None
         return Protocol(
             "ratbptt-inner",
             r.inner_optimizer,

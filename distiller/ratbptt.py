@@ -164,6 +164,19 @@ def augment_params(p: RatBPTTParams, base: AugmentParams) -> AugmentParams | Non
     return None if p.augment == "none" else dataclasses.replace(base, strategy=p.augment)
 
 
+def _outer_step(
+    opt: torch.optim.Optimizer, x: torch.Tensor, grad: torch.Tensor, update_weight: torch.Tensor | None
+) -> None:
+    """One outer step on `x` with `grad`; with `update_weight`, each row moves only that fraction of its step."""
+    before = x.detach().clone() if update_weight is not None else None  # copied only when it is needed
+    x.grad = grad
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if update_weight is not None and before is not None:
+        with torch.no_grad():
+            x.copy_(before + update_weight * (x - before))
+
+
 def distill(
     data: Prepared,
     p: RatBPTTParams,
@@ -249,22 +262,13 @@ def distill(
         limit = p.clip_factor * shadow
         if norm > limit > 0:
             g_img = g_img * (limit / norm)
-        before = images.detach().clone()
-        images.grad = g_img
-        outer.step()
-        outer.zero_grad(set_to_none=True)
-        if beta_scales == "update" and old > 0:
-            with torch.no_grad():
-                images.copy_(before + weight * (images - before))
+        scale_update = beta_scales == "update" and old > 0
+        _outer_step(outer, images, g_img, weight if scale_update else None)
         if outer_y is not None:
             row_weight = weight.view(-1, 1)
-            before_y = targets.detach().clone()
-            targets.grad = grads[1] * row_weight if beta_scales == "gradient" else grads[1]
-            outer_y.step()
-            outer_y.zero_grad(set_to_none=True)
+            g_y = grads[1] * row_weight if beta_scales == "gradient" else grads[1]
+            _outer_step(outer_y, targets, g_y, row_weight if scale_update else None)
             with torch.no_grad():
-                if beta_scales == "update" and old > 0:
-                    targets.copy_(before_y + row_weight * (targets - before_y))
                 targets.clamp_(min=0)  # soft labels stay non-negative
         curves.iteration.append(it)
         curves.meta_loss.append(meta.item())
