@@ -118,6 +118,8 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield an empty temporary directory beside `path`; on success it replaces `path` whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of this stage
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_UMASK)
     try:
@@ -183,13 +185,20 @@ SILENT = NullReporter()
 
 
 def save_safetensors(
-    path: Path | str, tensors: dict[str, torch.Tensor], fmt: str, version: str, metadata: dict[str, str] | None = None
+    path: Path | str,
+    tensors: dict[str, torch.Tensor],
+    fmt: str,
+    version: str,
+    metadata: dict[str, str] | None = None,
+    before_rename: Callable[[], None] | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
     meta = {"format": fmt, "format_version": version, **(metadata or {})}
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        if before_rename is not None:
+            before_rename()
 
 
 def load_safetensors(

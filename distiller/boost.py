@@ -19,6 +19,7 @@ import torch
 
 from distiller import ratbptt
 from distiller._runtime import SILENT, Reporter
+from distiller.checkpoint import Store
 from distiller.data import Prepared
 from distiller.params import Params, effective_budgets
 from distiller.ratbptt import RatCurves
@@ -35,9 +36,18 @@ class BoostResult:
 
 
 def boost(
-    data: Prepared, p: Params, device: torch.device, *, references: bool, progress: Reporter = SILENT
+    data: Prepared,
+    p: Params,
+    device: torch.device,
+    *,
+    references: bool,
+    progress: Reporter = SILENT,
+    store: Store | None = None,
 ) -> BoostResult:
-    """Boost through `effective_budgets(p.distill)`; with `references`, also distill directly at every budget."""
+    """Boost through `effective_budgets(p.distill)`; with `references`, also distill directly at every budget.
+
+    With `store`, each finished run is checkpointed whole and each running one every `store.every` steps, so a rerun
+    after a kill skips the finished runs and resumes the interrupted one."""
     budgets = effective_budgets(p.distill)
     r = p.ratbptt
     stage_iterations = p.boost.stage_iterations or r.iterations
@@ -47,6 +57,12 @@ def boost(
     def run(
         name: str, ipc: int, key: str, iterations: int, start: SyntheticSet | None = None
     ) -> tuple[SyntheticSet, RatCurves]:
+        done = store.load(f"done-{name}") if store is not None else None
+        if done is not None:
+            seconds[name] = done.state["seconds"]
+            soft = done.tensors.get("soft_labels")
+            syn = SyntheticSet(done.tensors["images"], done.tensors["labels"], None, ipc, soft)
+            return syn, RatCurves(*done.state["curves"])
         t0 = time.perf_counter()
         out = ratbptt.distill(
             data,
@@ -62,8 +78,17 @@ def boost(
             beta=p.boost.beta,
             beta_scales=p.boost.beta_scales,
             progress=progress,
+            guard=p.guard,
+            store=store,
         )
         seconds[name] = round(time.perf_counter() - t0, 2)
+        if store is not None:
+            syn, curves = out
+            tensors = {"images": syn.images, "labels": syn.labels}
+            if syn.soft_labels is not None:
+                tensors["soft_labels"] = syn.soft_labels
+            store.save(f"done-{name}", tensors, {"seconds": seconds[name], "curves": curves.columns()})
+            store.path(key).unlink(missing_ok=True)
         return out
 
     first, first_curves = run(f"stage-{budgets[0]}", budgets[0], f"direct-{budgets[0]}", r.iterations)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,8 +27,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
     rich_markup_mode="markdown",
-    help="Distill a dataset into a few synthetic images per class (MTT), stage by stage. "
-    "`dvc repro` runs the stages in order; each can also be run by hand.",
+    help="Distill a dataset into a few synthetic images per class (MTT or RaT-BPTT with Boost-DD), stage by stage, "
+    "and package it as a Hugging Face datasets folder. `dvc repro` runs the stages in order; each can also be run by "
+    "hand. `distiller publish` puts a packaged folder on the Hub as a tagged version.",
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file (YAML).", show_default=True)]
@@ -95,7 +97,7 @@ def _session() -> Iterator[RichReporter]:
         with progress:
             yield RichReporter(progress)
     except DistillerError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo("error: " + " ".join(str(e).splitlines()), err=True)  # always one line
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; nothing was written for the unfinished stage", err=True)
@@ -191,6 +193,79 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root:
         for b, row in m["budgets"].items():
             lines.append(f"ipc {b:>3}: " + "  ".join(f"{name} {100 * r['mean']:.2f}" for name, r in row.items()))
     typer.echo("\n".join(lines))
+
+
+@app.command()
+def package(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Package the distilled set as a Hugging Face datasets folder: datasets/<source>-distilled-ipc<ipc>/.
+
+    One config per budget (ipc1, ipc2, ..., the largest the default), each ipc<k>/train-00000-of-00001.parquet with the
+    exact float pixels, named labels (and learned soft labels) and an 8-bit preview; a dataset card whose YAML holds
+    the version, git commit, dvc.lock hash, method, preprocessing, evaluation protocol and the measured accuracy of
+    every budget; the normalisation (and test split) as safetensors sidecars; the image grid.
+    """
+    with _session():
+        p = _params(params, set_)
+        folder = pipeline.package_stage(p, Layout(root))
+    typer.echo(f"packaged {folder}")
+
+
+FolderArg = Annotated[Path, typer.Argument(help="A packaged datasets folder, e.g. datasets/digits-distilled-ipc10.")]
+
+
+@app.command()
+def validate(folder: FolderArg) -> None:
+    """Check a packaged folder as a consumer will use it.
+
+    The card parses and carries its contract (license, task, size, source, tags, name; the distiller mapping with
+    version, provenance, preprocessing, protocol and every budget's accuracy); every config loads with
+    `datasets.load_dataset` with the row count the card declares; each config's rows begin the next config's (nesting);
+    the sidecars load; no symbolic links.
+    """
+    from distiller import publish as pub
+
+    with _session():
+        report = pub.validate(folder)
+    typer.echo(report.summary())
+
+
+class Target(StrEnum):
+    hub = "hub"
+    dir = "dir"
+
+
+@app.command()
+def publish(
+    folder: FolderArg,
+    dest: Annotated[Path | None, typer.Argument(help="With --to dir: the destination directory.")] = None,
+    to: Annotated[Target, typer.Option("--to", help="hub (Hugging Face Hub) or dir (a directory).")] = Target.hub,
+    repo: Annotated[str | None, typer.Option("--repo", help="With --to hub: the dataset repo, org/name.")] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Semantic version to tag (default and must be: the card's).")
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
+) -> None:
+    """Publish a validated folder: to the Hub as one commit tagged v<version>, or copy it to a directory.
+
+    `distiller publish datasets/NAME --to hub --repo org/name` creates the dataset repo if needed, uploads the folder
+    in one commit and tags it, so `load_dataset("org/name", "ipc10", revision="v1.0.0")` pins this version. An
+    existing tag is never moved. The token comes from HF_TOKEN or `hf auth login` and is never printed.
+    `distiller publish datasets/NAME --to dir PATH` copies the folder to PATH (new or empty).
+    """
+    from distiller import publish as pub
+
+    with _session():
+        if to is Target.dir:
+            if dest is None:
+                raise DistillerError("--to dir needs a destination: distiller publish FOLDER --to dir PATH")
+            typer.echo(f"copied {folder} to {pub.publish_to_dir(folder, dest)}")
+            return
+        if dest is not None:
+            raise DistillerError(f"unexpected destination '{dest}' with --to hub (use --repo org/name)")
+        if not repo or repo.count("/") != 1:
+            raise DistillerError("--to hub needs --repo org/name")
+        done = pub.publish_to_hub(folder, repo, version=version, private=private)
+    typer.echo(f"published {folder} to {done.repo_id} at {done.tag} (commit {done.commit}): {done.url}")
 
 
 def _fmt(result: Any) -> str:

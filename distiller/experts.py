@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from distiller import augment, models
-from distiller._runtime import DistillerError, generator, load_safetensors, save_safetensors
+from distiller._runtime import DistillerError, generator, load_safetensors, save_safetensors, sha256_tensors
 from distiller.data import Prepared
 from distiller.params import AugmentParams, ExpertParams, ModelParams
 from distiller.train import SGDConfig, accuracy, train
@@ -63,16 +63,20 @@ def train_expert(
     return trajectory, accuracy(model, data.test_images, data.test_labels)
 
 
+def trajectory_tensors(trajectory: Trajectory) -> dict[str, torch.Tensor]:
+    return {f"epoch{e:03d}/{name}": t for e, params in enumerate(trajectory) for name, t in params.items()}
+
+
 def save_trajectory(trajectory: Trajectory, path: Path) -> None:
-    tensors = {f"epoch{e:03d}/{name}": t for e, params in enumerate(trajectory) for name, t in params.items()}
-    save_safetensors(path, tensors, TRAJECTORY_FORMAT, FORMAT_VERSION)
+    tensors = trajectory_tensors(trajectory)
+    meta = {"content_hash": sha256_tensors(*(tensors[k] for k in sorted(tensors)))}
+    save_safetensors(path, tensors, TRAJECTORY_FORMAT, FORMAT_VERSION, meta)
 
 
 _KEY = re.compile(r"^epoch(\d{3})/(.+)$")
 
 
-def load_trajectory(path: Path) -> Trajectory:
-    tensors, _ = load_safetensors(path, TRAJECTORY_FORMAT, FORMAT_VERSION, "expert trajectory")
+def trajectory_from_tensors(tensors: dict[str, torch.Tensor], path: Path | str = "trajectory") -> Trajectory:
     epochs: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         m = _KEY.match(key)
@@ -82,6 +86,13 @@ def load_trajectory(path: Path) -> Trajectory:
     if sorted(epochs) != list(range(len(epochs))):
         raise DistillerError(f"{path}: trajectory epochs are not contiguous from 0")
     return [epochs[e] for e in range(len(epochs))]
+
+
+def load_trajectory(path: Path) -> Trajectory:
+    tensors, meta = load_safetensors(path, TRAJECTORY_FORMAT, FORMAT_VERSION, "expert trajectory")
+    if sha256_tensors(*(tensors[k] for k in sorted(tensors))) != meta.get("content_hash"):
+        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited); re-run expert-buffer")
+    return trajectory_from_tensors(tensors, path)
 
 
 def manifest(

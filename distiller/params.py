@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import yaml
 from distiller._runtime import DistillerError
 
 AUG_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
 
 
 def _f(default: Any, help: str, **bounds: float) -> Any:
@@ -73,6 +75,7 @@ class ExpertParams:
     lr: float = _f(0.05, "expert SGD lr (no momentum, no decay); also the initial syn_lr alpha", gt=0)
     batch_size: int = _f(256, "expert minibatch", ge=1)
     augment: bool = _f(True, "DSA on while training experts")
+    checkpoint_every: int = _f(1, "experts between checkpoints of the stage (0: none); a rerun resumes", ge=0)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,12 @@ class DistillParams:
     method: Literal["mtt", "ratbptt"] = _f("mtt", "distillation method")
     ipc: int = _f(10, "synthetic images per class (the largest budget)", ge=1)
     budgets: tuple[int, ...] = _f(
-        (1, 2, 5, 10), "ratbptt: nested budgets for Boost-DD; those above ipc are dropped and ipc is always the last"
+        (1, 2, 5, 10),
+        "nested budgets (images per class) scored and packaged as configs; ratbptt boosts over them (Boost-DD), MTT "
+        "sets are scored at their prefixes. Those above ipc are dropped and ipc is always the last",
+    )
+    checkpoint_every: int = _f(
+        25, "outer iterations between checkpoints of the stage (0: none); rerunning after a kill resumes", ge=0
     )
 
 
@@ -100,7 +108,7 @@ class MTTParams:
 
 @dataclass(frozen=True)
 class RatBPTTParams:
-    iterations: int = _f(300, "outer steps", ge=1)
+    iterations: int = _f(1200, "outer steps (the first Boost-DD stage and the direct set at the first budget)", ge=1)
     init: Literal["noise", "real"] = _f(
         "real", "real images, or N(0, 1) pixels rescaled to unit norm per image (paper)"
     )
@@ -116,7 +124,10 @@ class RatBPTTParams:
     classes_per_step: int = _f(0, "classes per inner step (0: all)", ge=0)
     real_batch: int = _f(512, "real images B in the meta-loss batch", ge=1)
     outer_lr: float = _f(1e-2, "Adam lr on the pixels", gt=0)
-    soft_labels: bool = _f(False, "learn labels (initialised one-hot, kept non-negative)")
+    outer_schedule: Literal["constant", "cosine"] = _f(
+        "constant", "outer lr over each run's steps: constant, or cosine decay to 0 (our option, not the paper's)"
+    )
+    soft_labels: bool = _f(True, "learn labels (initialised one-hot, kept non-negative)")
     label_lr_scale: float = _f(1.0, "labels use outer_lr / label_lr_scale", gt=0)
     clip_ema: float = _f(0.1, "rate of the running average of the meta-gradient norm", gt=0, le=1)
     clip_factor: float = _f(2.0, "clip the pixel gradient to this times the running average norm", gt=0)
@@ -155,6 +166,26 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class GuardParams:
+    max_bad_steps: int = _f(
+        5,
+        "consecutive skipped or rolled-back distillation steps (non-finite, collapsed lr, exploding) before stopping",
+        ge=1,
+    )
+    explode_factor: float = _f(
+        100.0, "ratbptt: a meta-gradient norm above this times its running average is skipped as exploding", gt=1
+    )
+
+
+@dataclass(frozen=True)
+class PackageParams:
+    version: str = _f(
+        "1.0.0", "semantic version of the packaged dataset; `distiller publish` tags the Hub commit v<version>"
+    )
+    preview: bool = _f(True, "add an 8-bit `image` column (de-normalised, clipped) for the Hub viewer; lossy")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = _f(0, "root seed; every random stream is derived from it", ge=0)
     device: str = _f("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
@@ -166,7 +197,9 @@ class Params:
     mtt: MTTParams = field(default_factory=MTTParams)
     ratbptt: RatBPTTParams = field(default_factory=RatBPTTParams)
     boost: BoostParams = field(default_factory=BoostParams)
+    guard: GuardParams = field(default_factory=GuardParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    package: PackageParams = field(default_factory=PackageParams)
 
     def __post_init__(self) -> None:
         _check_combinations(self)
@@ -211,6 +244,8 @@ def _check_combinations(p: Params) -> None:
     bad = [f for f in aug.split("_") if f not in AUG_FAMILIES] if aug != "none" else []
     if bad:
         raise DistillerError(f"ratbptt.augment: unknown family '{bad[0]}'{_did_you_mean(bad[0], AUG_FAMILIES)}")
+    if not SEMVER.fullmatch(p.package.version):
+        raise DistillerError(f"package.version must be a semantic version like 1.2.0, got '{p.package.version}'")
     if p.device != "auto" and not (p.device == "cpu" or p.device.startswith("cuda")):
         raise DistillerError(f"device: '{p.device}' is not one of auto, cpu, cuda, cuda:N")
 
@@ -279,7 +314,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key in raw:
         if key not in fields:
             hint = _did_you_mean(dotted(key), [dotted(f) for f in fields])
-            raise DistillerError(f"params: unknown key '{dotted(key)}'{hint}")
+            shown = dotted(key).encode("unicode_escape").decode()  # a key may hold newlines: keep the error one line
+            raise DistillerError(f"params: unknown key '{shown}'{hint}")
     values = {}
     for name, f in fields.items():
         if name not in raw:

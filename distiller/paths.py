@@ -66,6 +66,23 @@ class Layout:
     def budgets_png(self) -> Path:
         return self.evaluate_dir / "budgets.png"
 
+    # package
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    def package_dir(self, source: str, ipc: int) -> Path:
+        """`datasets/<source>-distilled-ipc<max>/`; dvc.yaml's package stage names the same folder."""
+        return self.datasets_dir / f"{source}-distilled-ipc{ipc}"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"
+
+    # checkpoints of interrupted stages: never a declared output (git- and DVC-ignored), removed when a stage completes
+    def checkpoints(self, stage: str) -> Path:
+        return self.root / ".checkpoints" / stage
+
     # metrics
     @property
     def distill_metrics(self) -> Path:

@@ -7,13 +7,16 @@ nothing here parses arguments or prints (the CLI does), and nothing is written u
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from distiller import __version__, boost, experts, mtt, plots, synthetic
+from distiller import __version__, boost, experts, mtt, package, plots, synthetic
+from distiller import checkpoint as ckpt
 from distiller._runtime import (
     SILENT,
     DistillerError,
@@ -66,16 +69,35 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
             experts.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [])
         return []
     advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
+    # each expert depends only on its index, so finished experts are checkpointed whole and a rerun skips them
+    key = ckpt.fingerprint(info, dataclasses.replace(p.expert, checkpoint_every=0), str(device))
+    store = ckpt.Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every)
     accuracies = []
     with atomic_dir(layout.experts_dir) as out:
         for i in range(p.expert.num_experts):
-            trajectory, acc = experts.train_expert(
-                data, p.model, p.expert, p.augment, p.seed, i, device, on_epoch=lambda _: advance(1)
-            )
+            saved = store.load(f"expert_{i:03d}")
+            if saved is not None:
+                trajectory, acc = experts.trajectory_from_tensors(saved.tensors), saved.state["accuracy"]
+                advance(p.expert.epochs)
+            else:
+                trajectory, acc = experts.train_expert(
+                    data, p.model, p.expert, p.augment, p.seed, i, device, on_epoch=lambda _: advance(1)
+                )
+                if store.due(i + 1):
+                    store.save(f"expert_{i:03d}", experts.trajectory_tensors(trajectory), {"accuracy": acc})
             experts.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors")
             accuracies.append(acc)
         experts.write_manifest(out, info, accuracies)
+    store.clear()
     return accuracies
+
+
+def distill_store(p: Params, layout: Layout, *inputs: object) -> ckpt.Store:
+    """The checkpoints of a distill run: resumed only for the same params (the checkpoint interval aside) and inputs."""
+    relevant = {k: v for k, v in to_dict(p).items() if k not in ("evaluate", "package")}
+    relevant["distill"] = {**relevant["distill"], "checkpoint_every": None}
+    relevant["expert"] = {**relevant["expert"], "checkpoint_every": None}
+    return ckpt.Store(layout.checkpoints("distill"), ckpt.fingerprint(relevant, *inputs), p.distill.checkpoint_every)
 
 
 def distill(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
@@ -89,8 +111,11 @@ def _distill_mtt(p: Params, layout: Layout, progress: Reporter) -> str:
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     buffer = experts.load_buffer(layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs)
+    store = distill_store(p, layout, data.content_hash, buffer.manifest, str(device))
     start = time.perf_counter()
-    syn, curves = mtt.distill(data, buffer, p, device, progress)
+    syn, curves = mtt.distill(data, buffer, p, device, progress, store=store)
+    # MTT distils one set at distill.ipc; its prefixes are scored and packaged at every budget (not boosted)
+    syn = dataclasses.replace(syn, budgets=effective_budgets(p.distill))
     seconds = time.perf_counter() - start
     prov = provenance(
         p,
@@ -110,6 +135,7 @@ def _distill_mtt(p: Params, layout: Layout, progress: Reporter) -> str:
             {"MTT loss": curves.loss, "syn_lr": curves.syn_lr},
             f"MTT on {data.source}, {syn.ipc} image(s) per class",
         )
+    store.clear()
     write_json(
         layout.distill_metrics,
         {
@@ -123,7 +149,7 @@ def _distill_mtt(p: Params, layout: Layout, progress: Reporter) -> str:
     )
     return (
         f"distilled {len(syn.labels)} images ({syn.ipc} per class) with MTT: final loss {curves.loss[-1]:.4f}, "
-        f"learned lr {syn.lr:.5g}"
+        f"learned lr {syn.lr:.5g}{_resumed(store)}{_skipped(sum(curves.skipped))}"
     )
 
 
@@ -131,8 +157,10 @@ def _distill_ratbptt(p: Params, layout: Layout, progress: Reporter) -> str:
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     budgets = effective_budgets(p.distill)
+    store = distill_store(p, layout, data.content_hash, str(device))
     start = time.perf_counter()
-    result = boost.boost(data, p, device, references=p.boost.references and len(budgets) > 1, progress=progress)
+    refs = p.boost.references and len(budgets) > 1
+    result = boost.boost(data, p, device, references=refs, progress=progress, store=store)
     seconds = time.perf_counter() - start
     prov = provenance(
         p, method="ratbptt", dataset=data.source, dataset_hash=data.content_hash, seconds=round(seconds, 2)
@@ -145,6 +173,7 @@ def _distill_ratbptt(p: Params, layout: Layout, progress: Reporter) -> str:
             "loss": r["meta_loss"],
             "grad_norm": r["grad_norm"],
             "warmup_steps": r["warmup_steps"],
+            "skipped": r["skipped"],
         }
         for n, (run, r) in enumerate(((run, r) for run, c in result.curves.items() for r in c.rows()), start=1)
     ]
@@ -163,6 +192,7 @@ def _distill_ratbptt(p: Params, layout: Layout, progress: Reporter) -> str:
             "meta-loss",
             f"RaT-BPTT + Boost-DD on {data.source}, budgets {list(budgets)}",
         )
+    store.clear()
     final = {run: round(sum(c.meta_loss[-10:]) / len(c.meta_loss[-10:]), 4) for run, c in result.curves.items()}
     write_json(
         layout.distill_metrics,
@@ -175,10 +205,20 @@ def _distill_ratbptt(p: Params, layout: Layout, progress: Reporter) -> str:
             "seconds": {**result.seconds, "total": round(seconds, 2)},
         },
     )
+    skipped = sum(sum(c.skipped) for c in result.curves.values())
     return (
         f"distilled {len(syn.labels)} images ({syn.ipc} per class) with RaT-BPTT, nested budgets {list(budgets)}; "
-        f"meta-loss (last 10 steps) {final}"
+        f"meta-loss (last 10 steps) {final}{_resumed(store)}{_skipped(skipped)}"
     )
+
+
+def _resumed(store: ckpt.Store) -> str:
+    runs = ", ".join(f"{name} after step {it}" if it else name for name, it in store.resumed.items())
+    return f"; resumed from checkpoints ({runs})" if runs else ""
+
+
+def _skipped(n: int) -> str:
+    return f"; {n} step(s) skipped or rolled back by the guard (see curves.csv)" if n else ""
 
 
 def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
@@ -220,9 +260,10 @@ def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str
     # random real subsets are nested too: the first k per class of one draw at the largest budget
     real_x, real_y = synthetic.real_subset(data, syn.ipc, generator(p.seed, "random-real"))
     real = synthetic.SyntheticSet(real_x, real_y, None, syn.ipc)
+    main = "boosted" if method == "ratbptt" and len(budgets) > 1 else "distilled"
     per_budget: dict[str, dict[str, dict[str, Any]]] = {}
     for b in budgets:
-        row = {"boosted" if len(budgets) > 1 else "distilled": timed(f"distilled ipc {b}", syn.prefix(b))}
+        row = {main: timed(f"distilled ipc {b}", syn.prefix(b))}
         if b in refs:
             row["direct"] = timed(f"direct ipc {b}", refs[b])
         if budgets[-1] in refs:
@@ -240,7 +281,7 @@ def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str
         "method": method,
         "ipc": syn.ipc,
         "lr": syn.lr,
-        "accuracy": top["boosted" if len(budgets) > 1 else "distilled"],
+        "accuracy": top[main],
         "baselines": baselines,
         "budgets": per_budget,
         "protocol": protocol(p, data, proto),
@@ -253,6 +294,11 @@ def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str
         plots.budgets_png(out / layout.budgets_png.name, per_budget, curves, f"{data.source}, {method}")
     write_json(layout.evaluate_metrics, metrics)
     return metrics
+
+
+def package_stage(p: Params, layout: Layout) -> Path:
+    """Build the Hugging Face datasets folder from the distilled set and its evaluation."""
+    return package.build(p, layout)
 
 
 _CURVE_ORDER = ["distilled", "boosted", "direct", "naive_subset", "random_real"]

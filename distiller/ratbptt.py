@@ -12,6 +12,7 @@ the pixels, with the pixel gradient clipped against a running average of its nor
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,12 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from distiller import checkpoint as ckpt
 from distiller import models
-from distiller._runtime import SILENT, Reporter, generator
+from distiller._runtime import SILENT, DistillerError, Reporter, generator
 from distiller.augment import dsa
+from distiller.checkpoint import Store
 from distiller.data import Prepared
 from distiller.optim import SGD, Adam, InnerOptimizer, ParamDict, State, detach_state
-from distiller.params import AugmentParams, ModelParams, RatBPTTParams
+from distiller.params import AugmentParams, GuardParams, ModelParams, RatBPTTParams
 from distiller.synthetic import SyntheticSet, class_major_labels, real_subset
 
 
@@ -145,10 +148,15 @@ class RatCurves:
     meta_loss: list[float]
     grad_norm: list[float]
     warmup_steps: list[int]
+    skipped: list[int]  # 1 where the guard skipped the step
+
+    KEYS = ("iteration", "meta_loss", "grad_norm", "warmup_steps", "skipped")
 
     def rows(self) -> list[dict[str, float | int]]:
-        keys = ("iteration", "meta_loss", "grad_norm", "warmup_steps")
-        return [dict(zip(keys, v, strict=True)) for v in zip(*(getattr(self, k) for k in keys), strict=True)]
+        return [dict(zip(self.KEYS, v, strict=True)) for v in zip(*self.columns(), strict=True)]
+
+    def columns(self) -> list[list]:
+        return [getattr(self, k) for k in self.KEYS]
 
 
 def initial_images(data: Prepared, ipc: int, init: str, gen: torch.Generator) -> torch.Tensor:
@@ -193,12 +201,18 @@ def distill(
     beta_scales: str = "update",
     progress: Reporter = SILENT,
     on_iteration: Callable[[int], None] | None = None,
+    guard: GuardParams | None = None,
+    store: Store | None = None,
 ) -> tuple[SyntheticSet, RatCurves]:
     """Distill `ipc` images per class. With `start` (a set of fewer images per class), its images are kept as the
     first ones of every class and their updates are scaled by `beta` (Boost-DD); the new ones are initialised fresh.
 
-    `key` names the random streams, so two calls with the same key and inputs draw the same numbers.
+    `key` names the random streams, so two calls with the same key and inputs draw the same numbers. Guarded: a step
+    whose meta-loss or meta-gradient is not finite, or whose meta-gradient norm exceeds `guard.explode_factor` times
+    its running average, is skipped; `guard.max_bad_steps` in a row stop the run. With `store`, the full state is
+    checkpointed under `key` every `store.every` steps and a matching checkpoint is resumed from.
     """
+    guard = guard or GuardParams()
     n_classes = data.num_classes
     init_gen = generator(seed, "ratbptt-init", key)
     fresh = initial_images(data, ipc, p.init, init_gen).view(n_classes, ipc, *data.image_shape)
@@ -228,12 +242,33 @@ def distill(
     aug_gen = generator(seed, "ratbptt-augment", key, device=device)
     augment = augment_params(p, base_augment)
     syn = MetaBatch(images, targets, ipc, n_classes)
-    curves = RatCurves([], [], [], [])
+    curves = RatCurves([], [], [], [], [])
     shadow: float | None = None
-    warmup = 0
+    warmup, first, bad = 0, 1, 0
+    gens = {"net": net_gen, "window": window_gen, "batch": batch_gen, "augment": aug_gen}
+    optimizers = {"outer": outer, "outer_y": outer_y} if outer_y is not None else {"outer": outer}
     advance = progress.task(f"RaT-BPTT ipc {ipc}" + (f" (boost from {old})" if start else ""), iterations)
 
-    for it in range(1, iterations + 1):
+    saved = store.load(key) if store is not None else None
+    if saved is not None:  # resume with every piece of state: the rest of the run is what it would have been
+        with torch.no_grad():
+            images.copy_(saved.tensors["images"])
+            if p.soft_labels:
+                targets.copy_(saved.tensors["targets"])
+        for name, opt in optimizers.items():
+            ckpt.restore_optimizer(name, opt, saved.tensors, saved.state[name])
+        ckpt.restore_generators(gens, saved.tensors)
+        curves = RatCurves(*saved.state["curves"])
+        shadow, warmup, bad = saved.state["shadow"], saved.state["warmup"], saved.state["bad"]
+        first = saved.state["iteration"] + 1
+        advance(first - 1)
+
+    for it in range(first, iterations + 1):
+        if p.outer_schedule == "cosine":  # decay to 0 over this run's steps: the last updates are small
+            factor = 0.5 * (1 + math.cos(math.pi * (it - 1) / iterations))
+            outer.param_groups[0]["lr"] = p.outer_lr * factor
+            if outer_y is not None:
+                outer_y.param_groups[0]["lr"] = p.outer_lr / p.label_lr_scale * factor
         if (it - 1) % p.redraw_every == 0:
             warmup = draw_warmup(p, window_gen)
         net = models.build_model(model_p, data.image_shape, n_classes, net_gen, device)
@@ -256,25 +291,47 @@ def distill(
         g_img = grads[0]
         if beta_scales == "gradient":
             g_img = g_img * weight
-        # meta-gradient clipping: EMA of the norm (shadow <- shadow - 0.1 (shadow - |g|)), then clip to 2 x shadow
         norm = float(g_img.norm())
-        shadow = norm if shadow is None else shadow - p.clip_ema * (shadow - norm)
-        limit = p.clip_factor * shadow
-        if norm > limit > 0:
-            g_img = g_img * (limit / norm)
-        scale_update = beta_scales == "update" and old > 0
-        _outer_step(outer, images, g_img, weight if scale_update else None)
-        if outer_y is not None:
-            row_weight = weight.view(-1, 1)
-            g_y = grads[1] * row_weight if beta_scales == "gradient" else grads[1]
-            _outer_step(outer_y, targets, g_y, row_weight if scale_update else None)
-            with torch.no_grad():
-                targets.clamp_(min=0)  # soft labels stay non-negative
+        problem = None
+        if not all(bool(torch.isfinite(t).all()) for t in (meta, *grads)):
+            problem = "the meta-loss or meta-gradient is not finite (lower ratbptt.outer_lr or ratbptt.inner_lr)"
+        elif shadow is not None and norm > guard.explode_factor * shadow:
+            problem = (
+                "the meta-gradient norm exploded past guard.explode_factor x its running average "
+                "(lower ratbptt.inner_lr or ratbptt.window)"
+            )
+        else:
+            # meta-gradient clipping: EMA of the norm (shadow <- shadow - 0.1 (shadow - |g|)), then clip to 2 x shadow
+            shadow = norm if shadow is None else shadow - p.clip_ema * (shadow - norm)
+            limit = p.clip_factor * shadow
+            if norm > limit > 0:
+                g_img = g_img * (limit / norm)
+            scale_update = beta_scales == "update" and old > 0
+            _outer_step(outer, images, g_img, weight if scale_update else None)
+            if outer_y is not None:
+                row_weight = weight.view(-1, 1)
+                g_y = grads[1] * row_weight if beta_scales == "gradient" else grads[1]
+                _outer_step(outer_y, targets, g_y, row_weight if scale_update else None)
+                with torch.no_grad():
+                    targets.clamp_(min=0)  # soft labels stay non-negative
+        bad = bad + 1 if problem else 0
+        if bad >= guard.max_bad_steps:
+            raise DistillerError(f"RaT-BPTT ({key}) stopped at step {it}: {bad} bad steps in a row; {problem}")
         curves.iteration.append(it)
         curves.meta_loss.append(meta.item())
         curves.grad_norm.append(norm)
         curves.warmup_steps.append(warmup)
+        curves.skipped.append(int(problem is not None))
         advance(1)
+        if store is not None and store.due(it) and it < iterations:
+            tensors = {"images": images, **ckpt.generator_states(gens)}
+            if p.soft_labels:
+                tensors["targets"] = targets
+            state: dict[str, object] = {"iteration": it, "bad": bad, "shadow": shadow, "warmup": warmup}
+            for name, opt in optimizers.items():
+                opt_tensors, state[name] = ckpt.optimizer_state(name, opt)
+                tensors.update(opt_tensors)
+            store.save(key, tensors, {**state, "curves": curves.columns()})
         if on_iteration is not None:
             on_iteration(it)
 

@@ -12,7 +12,7 @@ from distiller.paths import Layout
 from distiller.synthetic import load as load_synthetic
 
 runner = CliRunner()
-COMMANDS = ["download", "expert-buffer", "distill", "evaluate"]
+COMMANDS = ["download", "expert-buffer", "distill", "evaluate", "package"]
 
 
 def invoke(*args: str):
@@ -30,6 +30,8 @@ def test_help_explains_every_command():
         assert "--params" in result.stdout and "--set" in result.stdout
     assert "MTT" in invoke("distill", "--help").stdout and "RaT-BPTT" in invoke("distill", "--help").stdout
     assert invoke("--version").stdout.startswith("distiller ")
+    for command in ("validate", "publish"):
+        assert invoke(command, "--help").exit_code == 0
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_stages_run_in_order_and_write_their_outputs(project):
         "curves.png",
         "grid.png",
     }
-    assert layout.curves.read_text().splitlines()[0] == "iteration,loss,syn_lr,expert,start_epoch"
+    assert layout.curves.read_text().splitlines()[0] == "iteration,loss,syn_lr,expert,start_epoch,skipped"
     out = run_stage(project, "evaluate").stdout
     assert "distilled (mtt, ipc 1)" in out and "random real" in out and "full data" in out
 
@@ -71,6 +73,9 @@ def test_stages_run_in_order_and_write_their_outputs(project):
         assert all(0 <= a <= 1 for a in result["runs"]) and 0 <= result["mean"] <= 1
     assert len(metrics["baselines"]["full_data"]["runs"]) == 1
     assert metrics["protocol"]["momentum"] == 0.9 and metrics["protocol"]["augmentation"]["kind"] == "dsa"
+
+    assert "packaged" in run_stage(project, "package").stdout
+    assert (project / "datasets" / "digits-distilled-ipc1" / "ipc1" / "train-00000-of-00001.parquet").is_file()
 
     # no temporary files are left beside the outputs
     leftovers = [p for p in project.rglob(".*") if p.name.endswith((".tmp", ".old"))]
@@ -130,6 +135,7 @@ def test_bad_params_file_is_a_one_line_error(project, edit, fragments):
         ("expert-buffer", "prepared data not found"),
         ("distill", "prepared data not found"),
         ("evaluate", "prepared data not found"),
+        ("package", "prepared data not found"),
     ],
 )
 def test_missing_inputs_are_named(project, command, fragment):

@@ -1,5 +1,6 @@
 """The real `dvc repro` in a temporary git repository, with the project's own dvc.yaml and tiny params."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,10 +40,17 @@ def repo(tmp_path: Path) -> Path:
 def test_dvc_repro_runs_the_pipeline_and_tracks_params(repo: Path):
     dvc = [sys.executable, "-m", "dvc"]
     out = sh(repo, *dvc, "repro")
-    for stage in ("download", "expert-buffer", "distill", "evaluate"):
+    for stage in ("download", "expert-buffer", "distill", "evaluate", "package"):
         assert f"Running stage '{stage}'" in out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "expert-buffer", "distill", "evaluate"}
+    assert set(lock["stages"]) == {"download", "expert-buffer", "distill", "evaluate", "package"}
+    card = (repo / "datasets" / "digits-distilled-ipc1" / "README.md").read_text()
+    # the card records the git commit and the hash of dvc.lock's upstream entries of this very run
+    head = sh(repo, "git", "rev-parse", "HEAD").strip()
+    assert f"git_commit: {head}" in card
+    upstream = {k: v for k, v in lock["stages"].items() if k != "package"}
+    digest = hashlib.sha256(json.dumps(upstream, sort_keys=True).encode()).hexdigest()
+    assert f"dvc_lock_sha256: {digest}" in card
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert metrics["ipc"] == 1 and metrics["method"] == "mtt"
     assert "up to date" in sh(repo, *dvc, "status")
@@ -53,6 +61,7 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_params(repo: Path):
     write_params(repo / "params.yaml", raw)
     out = sh(repo, *dvc, "repro")
     assert "Running stage 'evaluate'" in out and "Running stage 'distill'" not in out
+    assert "Running stage 'package'" in out  # the card records the new accuracy
 
     # the experiment interface the README documents
     sh(repo, "git", "add", "-A")
@@ -60,6 +69,7 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_params(repo: Path):
     out = sh(repo, *dvc, "exp", "run", "-S", "distill.ipc=2")
     assert "Running stage 'distill'" in out and "Running stage 'expert-buffer'" not in out
     assert json.loads((repo / "metrics" / "evaluate.json").read_text())["ipc"] == 2
+    assert (repo / "datasets" / "digits-distilled-ipc2" / "ipc2" / "train-00000-of-00001.parquet").is_file()
     plots = sh(repo, *dvc, "plots", "show", "--json")
     assert "distill-loss" in plots and "grid.png" in plots
 

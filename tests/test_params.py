@@ -46,6 +46,9 @@ def test_params_are_frozen():
         ({"augment": {"strategy": "color_crpo"}}, "unknown family 'crpo' (did you mean 'crop'?)"),
         ({"mtt": {"max_start_epoch": 10}, "expert": {"epochs": 10}}, "exceeds expert.epochs (10)"),
         ({"device": "tpu"}, "device: 'tpu' is not one of"),
+        ({"package": {"version": "1.2"}}, "package.version must be a semantic version like 1.2.0, got '1.2'"),
+        ({"package": {"version": 1.2}}, "package.version must be a string"),
+        ({"package": {"verison": "1.0.0"}}, "did you mean 'package.version'"),
     ],
 )
 def test_bad_params_name_the_key(raw, message):

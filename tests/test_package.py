@@ -1,0 +1,254 @@
+"""The package stage: a real Hugging Face datasets folder, loaded back offline with `load_dataset` exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY
+from typer.testing import CliRunner
+
+from distiller import package, pipeline
+from distiller.cli import app
+from distiller.data import load_prepared
+from distiller.params import params_from_dict
+from distiller.paths import Layout
+from distiller.synthetic import load as load_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def _build(root: Path, **sections: dict) -> Path:
+    raw = json.loads(json.dumps(TINY))
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    p = params_from_dict(raw)
+    layout = Layout(root)
+    pipeline.download(p, layout)
+    pipeline.expert_buffer(p, layout)
+    pipeline.distill(p, layout)
+    pipeline.evaluate(p, layout)
+    return pipeline.package_stage(p, layout)
+
+
+@pytest.fixture(scope="module")
+def mtt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MTT at 3 images per class, packaged with budgets 1, 2, 3 (prefixes of one set)."""
+    return _build(tmp_path_factory.mktemp("mtt"), distill={"ipc": 3, "budgets": [1, 2]})
+
+
+@pytest.fixture(scope="module")
+def rat_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RaT-BPTT + Boost-DD with learned soft labels, budgets 1 and 2."""
+    return _build(
+        tmp_path_factory.mktemp("rat"),
+        distill={"method": "ratbptt", "ipc": 2, "budgets": [1, 2]},
+        ratbptt={"soft_labels": True},
+    )
+
+
+def load(folder: Path, name: str | None, tmp_path: Path):
+    from datasets import load_dataset
+
+    return load_dataset(str(folder), name, split="train", cache_dir=str(tmp_path / "cache"))
+
+
+def test_block_order_makes_every_budget_a_prefix():
+    index, block = package.block_order(num_classes=2, ipc=5, budgets=(1, 2, 5))
+    # class-major set: class 0 is 0..4, class 1 is 5..9; blocks: {0,5}, {1,6}, {2,3,4,7,8,9}
+    assert index.tolist() == [0, 5, 1, 6, 2, 3, 4, 7, 8, 9]
+    assert block.tolist() == [0, 0, 1, 1, 2, 2, 2, 2, 2, 2]
+
+
+def test_layout_matches_the_hub_repository(mtt_folder: Path):
+    assert mtt_folder.name == "digits-distilled-ipc3" and mtt_folder.parent.name == "datasets"
+    files = sorted(str(p.relative_to(mtt_folder)) for p in mtt_folder.rglob("*") if p.is_file())
+    assert files == [
+        "README.md",
+        "images/budgets.png",
+        "images/grid.png",
+        "ipc1/train-00000-of-00001.parquet",
+        "ipc2/train-00000-of-00001.parquet",
+        "ipc3/train-00000-of-00001.parquet",
+        "preprocessing/normalization.safetensors",
+        "preprocessing/split.safetensors",
+    ]
+
+
+def test_every_config_loads_offline_with_the_exact_distilled_tensors(mtt_folder: Path, tmp_path: Path, monkeypatch):
+    from datasets import Array3D, ClassLabel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = mtt_folder.parents[1]
+    syn, _ = load_synthetic(Layout(root).synthetic)
+    data = load_prepared(Layout(root).prepared)
+    previous = None
+    for k in (1, 2, 3):
+        ds = load(mtt_folder, f"ipc{k}", tmp_path)
+        assert len(ds) == 10 * k
+        assert isinstance(ds.features["pixel_values"], Array3D) and ds.features["pixel_values"].dtype == "float32"
+        assert isinstance(ds.features["label"], ClassLabel) and ds.features["label"].names == list(data.classes)
+        assert "soft_label" not in ds.features and ds.features["image"].__class__.__name__ == "Image"
+        cols = ds.with_format("torch")[:]
+        # the same images as the prefix of the distilled set, bit for bit (rows in block order)
+        prefix = syn.prefix(k)
+        got = sorted(zip(cols["label"].tolist(), cols["pixel_values"], strict=True), key=lambda t: t[0])
+        for c in range(10):
+            mine = [x for label, x in got if label == c]
+            assert all(torch.equal(a, b) for a, b in zip(mine, prefix.images[c * k : (c + 1) * k], strict=True))
+        if previous is not None:  # nesting: the smaller config is the first rows of the larger
+            assert torch.equal(cols["pixel_values"][: len(previous)], previous)
+        previous = cols["pixel_values"]
+    assert len(load(mtt_folder, None, tmp_path)) == 30  # the default config is the largest budget
+
+
+def test_card_parses_and_carries_the_contract(mtt_folder: Path):
+    from huggingface_hub import DatasetCard
+    from safetensors.torch import load_file
+
+    root = mtt_folder.parents[1]
+    card = DatasetCard.load(mtt_folder / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-4.0" and data["task_categories"] == ["image-classification"]
+    assert data["size_categories"] == ["n<1K"] and data["source_datasets"] and data["pretty_name"]
+    assert {"dataset-distillation", "mtt"} <= set(data["tags"])
+    configs = {c["config_name"]: c for c in data["configs"]}
+    assert [n for n, c in configs.items() if c.get("default")] == ["ipc3"]
+    for name, c in configs.items():
+        (entry,) = c["data_files"]
+        assert [p.relative_to(mtt_folder).as_posix() for p in mtt_folder.glob(entry["path"])] == [
+            f"{name}/train-00000-of-00001.parquet"
+        ]
+    assert {i["config_name"] for i in data["dataset_info"]} == set(configs)
+
+    meta = data["distiller"]
+    assert meta["version"] == "1.0.0" and meta["method"] == "mtt" and "git_commit" in meta
+    assert "dvc_lock_sha256" in meta and meta["method_params"]["mtt"]["iterations"] == TINY["mtt"]["iterations"]
+    prepared = load_prepared(Layout(root).prepared)
+    assert meta["source"]["hash"] == prepared.content_hash
+    assert meta["preprocessing"]["kind"] == "normalize" and meta["preprocessing"]["pixel_scale"] == "value / 16"
+    assert meta["protocol"]["optimizer"] == "sgd" and meta["protocol"]["augmentation"]["kind"] == "dsa"
+    assert meta["protocol"]["architecture"]["width"] == TINY["model"]["width"]
+    metrics = json.loads(Layout(root).evaluate_metrics.read_text())
+    syn, _ = load_synthetic(Layout(root).synthetic)
+    for k in ("1", "2", "3"):
+        entry = meta["budgets"][f"ipc{k}"]
+        assert entry["lr"] == syn.lr and entry["rows"] == 10 * int(k)
+        assert entry["accuracy"]["mean"] == metrics["budgets"][k]["distilled"]["mean"]
+        assert entry["accuracy"]["runs"] == TINY["evaluate"]["num_eval"]
+        assert entry["random_real"]["mean"] == metrics["budgets"][k]["random_real"]["mean"]
+    sidecar = load_file(mtt_folder / "preprocessing/normalization.safetensors")
+    assert torch.equal(sidecar["mean"], prepared.mean) and torch.equal(sidecar["std"], prepared.std)
+    split = load_file(mtt_folder / "preprocessing/split.safetensors")
+    assert torch.equal(split["test_indices"], prepared.test_indices)
+    body = card.text
+    assert "| `ipc1` | 1 | 10 |" in body and "images/grid.png" in body and "load_dataset(" in body
+
+
+def test_soft_labels_and_boosted_references_are_packaged(rat_folder: Path, tmp_path: Path):
+    from huggingface_hub import DatasetCard
+
+    syn, _ = load_synthetic(Layout(rat_folder.parents[1]).synthetic)
+    ds = load(rat_folder, "ipc2", tmp_path)
+    assert ds.features["soft_label"].length == 10
+    cols = ds.with_format("torch")[:]
+    order, _ = package.block_order(10, 2, (1, 2))
+    assert torch.equal(cols["soft_label"], syn.soft_labels[order]) and torch.equal(
+        cols["pixel_values"], syn.images[order]
+    )
+    meta = DatasetCard.load(rat_folder / "README.md").data.to_dict()["distiller"]
+    assert meta["method"] == "ratbptt" and meta["labels"]["train_on"] == "soft_label"
+    assert meta["nested"].startswith("boosted") and {"direct", "naive_subset"} <= set(meta["budgets"]["ipc1"])
+    assert meta["budgets"]["ipc1"]["lr"] == TINY_REAL_LR
+
+
+TINY_REAL_LR = params_from_dict(TINY).evaluate.real_lr
+
+
+def test_validate_accepts_the_folder(mtt_folder: Path):
+    result = runner.invoke(app, ["validate", str(mtt_folder)])
+    assert result.exit_code == 0, result.output
+    assert "valid (mtt, version 1.0.0; ipc1 10 rows, ipc2 20 rows, ipc3 30 rows; default ipc3)" in result.stdout
+
+
+def _broken(folder: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    edit(copy)
+    return copy
+
+
+def _card_edit(old: str, new: str):
+    def edit(folder: Path) -> None:
+        card = folder / "README.md"
+        text = card.read_text()
+        assert old in text
+        card.write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda f: (f / "ipc2/train-00000-of-00001.parquet").unlink(), "config 'ipc2' declares"),
+        (_card_edit("rows: 20", "rows: 21"), "20 rows, but the card says 21"),
+        (_card_edit("version: 1.0.0", "version: one"), "not a semantic version"),
+        (_card_edit("license: cc-by-4.0\n", ""), "card YAML lacks license"),
+        (_card_edit("  default: true\n", ""), "exactly one config must be the default"),
+        (lambda f: shutil.copy(f / "ipc1/train-00000-of-00001.parquet", f / "extra.parquet"), "no config declares"),
+        (lambda f: (f / "link.png").symlink_to("/etc/hostname"), "symbolic links are not published"),
+        (
+            lambda f: shutil.copy(f / "ipc1/train-00000-of-00001.parquet", f / "ipc2/train-00000-of-00001.parquet"),
+            "10 rows, but the card's dataset_info says 20",
+        ),
+        (lambda f: (f / "preprocessing/split.safetensors").write_bytes(b"junk"), "sidecar missing or unreadable"),
+        (lambda f: (f / "README.md").write_text("---\nlicense: [\n---\n"), "does not parse"),
+    ],
+)
+def test_validate_refuses_a_broken_folder_in_one_line(mtt_folder: Path, tmp_path: Path, edit, fragment):
+    broken = _broken(mtt_folder, tmp_path, edit)
+    result = runner.invoke(app, ["validate", str(broken)])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr, result.stderr
+
+
+def test_swapped_rows_break_nesting(mtt_folder: Path, tmp_path: Path):
+    from datasets import Dataset
+
+    def shuffle(folder: Path) -> None:
+        shard = folder / "ipc2/train-00000-of-00001.parquet"
+        ds = Dataset.from_parquet(str(shard), cache_dir=str(tmp_path / "c"))
+        ds.select(list(reversed(range(len(ds))))).to_parquet(str(shard))
+
+    result = runner.invoke(app, ["validate", str(_broken(mtt_folder, tmp_path, shuffle))])
+    assert result.exit_code == 2 and "not the previous config's" in result.stderr, result.output
+
+
+def test_package_refuses_stale_inputs_by_name(mtt_folder: Path):
+    root = mtt_folder.parents[1]
+    raw = json.loads(json.dumps(TINY))
+    raw["distill"] = {"ipc": 4}
+    result = runner.invoke(app, ["package", "--root", str(root), "-S", "distill.ipc=4", "-S", "device=cpu"])
+    assert result.exit_code == 2 and "distill.ipc 4" in result.stderr, result.output
+
+
+def test_the_card_alone_reproduces_training(mtt_folder: Path, tmp_path: Path):
+    """The example script (datasets, torch, the card; no distiller) trains on a config and prints both figures."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples/train_from_card.py"), str(mtt_folder), "ipc2", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ipc2: reproduced" in out.stdout and "card" in out.stdout
