@@ -122,7 +122,7 @@ class RatBPTTParams:
     inner_momentum: float = _f(0.9, "momentum when inner_optimizer is sgd", ge=0, lt=1)
     batch_per_class: int = _f(10, "inner minibatch: images per class per step (capped at the images per class)", ge=1)
     classes_per_step: int = _f(0, "classes per inner step (0: all)", ge=0)
-    real_batch: int = _f(512, "real images B in the meta-loss batch", ge=1)
+    real_batch: int = _f(1024, "real images B in the meta-loss batch", ge=1)
     outer_lr: float = _f(1e-2, "Adam lr on the pixels", gt=0)
     outer_schedule: Literal["constant", "cosine"] = _f(
         "constant", "outer lr over each run's steps: constant, or cosine decay to 0 (our option, not the paper's)"
