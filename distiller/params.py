@@ -136,7 +136,7 @@ class RatBPTTParams:
 
 @dataclass(frozen=True)
 class BoostParams:
-    beta: float = _f(0.1, "Boost-DD: earlier blocks are updated beta times as much (0 freezes, 1 joint)", ge=0, le=1)
+    beta: float = _f(0.0, "Boost-DD: earlier blocks are updated beta times as much (0 freezes, 1 joint)", ge=0, le=1)
     beta_scales: Literal["update", "gradient"] = _f("update", "what beta scales (Adam ignores a gradient scale)")
     stage_iterations: int = _f(100, "outer steps per boosting stage after the first (0: ratbptt.iterations)", ge=0)
     reference_iterations: int = _f(
