@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,24 @@ def generator(seed: int, *keys: object, device: torch.device | str = "cpu") -> t
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, *keys))
     return g
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# provenance
+
+
+def git(root: Path | str, *args: str) -> str | None:
+    """stdout of `git <args>` run in `root`, or None outside a git checkout or without git."""
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(root: Path | str = ".") -> str | None:
+    """The HEAD commit of the checkout holding `root`."""
+    return (git(root, "rev-parse", "HEAD") or "").strip() or None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

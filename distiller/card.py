@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 import yaml
 
 from distiller import __version__, models, synthetic
-from distiller._runtime import DistillerError
+from distiller._runtime import DistillerError, git, git_commit
 from distiller.data import Prepared, load_prepared
 from distiller.params import Params
 from distiller.paths import Layout
@@ -106,20 +105,12 @@ def dvc_lock_sha256(path: Path) -> str | None:
 
 def git_state(root: Path) -> tuple[str | None, bool | None]:
     """(HEAD commit, whether tracked files differ from it, ignoring dvc.lock which every run rewrites)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
+    commit = git_commit(root)
+    if commit is None:
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no") or ""
+    status = git(root, "status", "--porcelain", "--untracked-files=no") or ""
     dirty = any(line[3:].strip() != "dvc.lock" for line in status.splitlines() if line.strip())
-    return commit.strip(), dirty
+    return commit, dirty
 
 
 def _result(r: dict[str, Any]) -> dict[str, Any]:

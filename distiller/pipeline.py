@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from distiller._runtime import (
     Reporter,
     atomic_dir,
     generator,
+    git_commit,
     resolve_device,
     sha256_tensors,
     write_json,
@@ -37,14 +37,6 @@ from distiller.paths import Layout
 def provenance(p: Params, **extra: object) -> dict[str, object]:
     """Resolved params, package version and git commit, embedded in every artifact."""
     return {"distiller_version": __version__, "git_commit": git_commit(), "params": to_dict(p), **extra}
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

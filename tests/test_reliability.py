@@ -61,6 +61,22 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.005)
 
 
+def kill_when(proc: subprocess.Popen, condition) -> None:
+    """SIGKILL the run as soon as `condition()` holds (it must still be running then)."""
+    wait_for(condition, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def reference_and_copy(base: Path, root: Path, stage: str) -> tuple[Path, Path]:
+    """Two copies of `base`: one where `stage` ran uninterrupted (the reference), one fresh to interrupt."""
+    ref, project = root / "ref", root / "p"
+    shutil.copytree(base, ref)
+    run_cli(ref, stage)
+    shutil.copytree(base, project)
+    return ref, project
+
+
 def make_project(root: Path, raw: dict, *stages: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     write_params(root / "params.yaml", raw)
@@ -89,10 +105,7 @@ def test_sigkill_mid_run_then_rerun_resumes_bitwise_equal(mtt_reference, tmp_pat
     project = tmp_path / "p"
     shutil.copytree(base, project)
     checkpoint = Layout(project).checkpoints("distill") / "mtt.safetensors"
-    proc = cli(project, "distill")
-    wait_for(checkpoint.exists, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cli(project, "distill"), checkpoint.exists)
     assert not Layout(project).distill_dir.exists()  # DVC sees no output of an unfinished stage
     out = run_cli(project, "distill")
     assert "resumed from checkpoints (mtt after step" in out
@@ -109,9 +122,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(mtt_reference,
     directory = Layout(project).checkpoints("distill")
     proc = cli(project, "distill", env={"DISTILLER_TEST_CHECKPOINT_PAUSE": "1"})
     # the second checkpoint is half-way: its temporary file is written and not yet renamed over the first
-    wait_for(lambda: (directory / "mtt.safetensors").exists() and any(directory.glob(".mtt.safetensors.*.tmp")), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: (directory / "mtt.safetensors").exists() and any(directory.glob(".mtt.safetensors.*.tmp")))
     store = ckpt.Store(directory, "any", 10)
     tensors, meta = ckpt.load_safetensors(directory / "mtt.safetensors", ckpt.FORMAT, ckpt.FORMAT_VERSION, "ckpt")
     assert json.loads(meta["state"])["iteration"] == 10 and "images" in tensors
@@ -129,18 +140,12 @@ def test_ratbptt_boosting_resumes_finished_and_interrupted_runs(tmp_path: Path):
         boost={"stage_iterations": 40, "reference_iterations": 40},
     )
     base = make_project(tmp_path / "base", raw, "download", "expert-buffer")
-    ref = tmp_path / "ref"
-    shutil.copytree(base, ref)
-    run_cli(ref, "distill")
-    project = tmp_path / "p"
-    shutil.copytree(base, project)
+    ref, project = reference_and_copy(base, tmp_path, "distill")
     directory = Layout(project).checkpoints("distill")
-    proc = cli(project, "distill")
-    wait_for(
-        lambda: (directory / "done-stage-1.safetensors").exists() and (directory / "boost-2.safetensors").exists(), proc
+    kill_when(
+        cli(project, "distill"),
+        lambda: (directory / "done-stage-1.safetensors").exists() and (directory / "boost-2.safetensors").exists(),
     )
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     out = run_cli(project, "distill")
     assert "done-stage-1" in out and "boost-2 after step" in out
     for path in (Layout(ref).synthetic, Layout(ref).reference(2)):
@@ -152,16 +157,9 @@ def test_ratbptt_boosting_resumes_finished_and_interrupted_runs(tmp_path: Path):
 def test_expert_buffer_resumes_after_the_last_finished_expert(tmp_path: Path):
     raw = tiny(expert={"num_experts": 4, "epochs": 3})
     base = make_project(tmp_path / "base", raw, "download")
-    ref = tmp_path / "ref"
-    shutil.copytree(base, ref)
-    run_cli(ref, "expert-buffer")
-    project = tmp_path / "p"
-    shutil.copytree(base, project)
+    ref, project = reference_and_copy(base, tmp_path, "expert-buffer")
     directory = Layout(project).checkpoints("expert-buffer")
-    proc = cli(project, "expert-buffer")
-    wait_for(lambda: (directory / "expert_001.safetensors").exists(), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(cli(project, "expert-buffer"), (directory / "expert_001.safetensors").exists)
     assert not Layout(project).experts_dir.exists()
     assert list(Layout(project).experts_dir.parent.glob(".experts.*.tmp"))  # the killed run's partial directory
     run_cli(project, "expert-buffer")
