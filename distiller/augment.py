@@ -11,7 +11,7 @@ tensors are normalised, not in [0, 1]). Draws come from an explicit generator:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,84 +46,159 @@ def _affine(x: Tensor, theta: Tensor) -> Tensor:
     return F.grid_sample(x, grid, align_corners=True)
 
 
-def scale(x: Tensor, d: _Draw, p: AugmentParams) -> Tensor:
+# Each family is a draw, which turns uniform and integer draws into per-image parameters (N leading), and an apply,
+# a pure function of the batch and those parameters. Draws depend on the batch only through its shape, so several
+# networks can draw from their own generators and then share one apply over all their images (`dsa_many`).
+Drawn = tuple[Tensor, ...]
+
+
+def _scale_draw(d: _Draw, p: AugmentParams, h: int, w: int) -> Drawn:
     lo = 1.0 / p.scale
     sx, sy = d.uniform() * (p.scale - lo) + lo, d.uniform() * (p.scale - lo) + lo
     zero = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1)  # (N, 2, 3)
-    return _affine(x, theta)
+    return (torch.stack([torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1),)  # (N, 2, 3)
 
 
-def rotate(x: Tensor, d: _Draw, p: AugmentParams) -> Tensor:
+def _rotate_draw(d: _Draw, p: AugmentParams, h: int, w: int) -> Drawn:
     angle = (d.uniform() - 0.5) * 2 * math.radians(p.rotate)
     cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1)  # (N, 2, 3)
-    return _affine(x, theta)
+    return (torch.stack([torch.stack([cos, sin, zero], 1), torch.stack([-sin, cos, zero], 1)], 1),)  # (N, 2, 3)
 
 
-def flip(x: Tensor, d: _Draw, p: AugmentParams) -> Tensor:
-    mask = (d.uniform() < p.flip).view(-1, 1, 1, 1)
-    return torch.where(mask, x.flip(3), x)
+def _affine_apply(x: Tensor, params: Drawn, p: AugmentParams) -> Tensor:
+    return _affine(x, params[0])
 
 
-def color(x: Tensor, d: _Draw, p: AugmentParams) -> Tensor:
-    """Brightness, saturation, contrast in turn, each with its own draw."""
-    x = x + ((d.uniform() - 0.5) * p.brightness).view(-1, 1, 1, 1)
+def _flip_draw(d: _Draw, p: AugmentParams, h: int, w: int) -> Drawn:
+    return ((d.uniform() < p.flip).view(-1, 1, 1, 1),)
+
+
+def _flip_apply(x: Tensor, params: Drawn, p: AugmentParams) -> Tensor:
+    return torch.where(params[0], x.flip(3), x)
+
+
+def _color_draw(d: _Draw, p: AugmentParams, h: int, w: int) -> Drawn:
+    """Brightness, saturation, contrast factors, each with its own draw, in that order."""
+    return (
+        ((d.uniform() - 0.5) * p.brightness).view(-1, 1, 1, 1),
+        (d.uniform() * p.saturation).view(-1, 1, 1, 1),
+        (d.uniform() + p.contrast).view(-1, 1, 1, 1),
+    )
+
+
+def _color_apply(x: Tensor, params: Drawn, p: AugmentParams) -> Tensor:
+    brightness, saturation, contrast = params
+    x = x + brightness
     mean = x.mean(dim=1, keepdim=True)  # per-pixel mean over channels
-    x = (x - mean) * (d.uniform() * p.saturation).view(-1, 1, 1, 1) + mean
+    x = (x - mean) * saturation + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)  # per-image mean
-    return (x - mean) * (d.uniform() + p.contrast).view(-1, 1, 1, 1) + mean
+    return (x - mean) * contrast + mean
 
 
-def crop(x: Tensor, d: _Draw, p: AugmentParams) -> Tensor:
-    """Translate by an integer shift of up to round(crop * side) pixels; vacated pixels are 0."""
-    n, _, h, w = x.shape
+def _crop_draw(d: _Draw, p: AugmentParams, h: int, w: int) -> Drawn:
+    """Integer shifts of up to round(crop * side) pixels."""
     sh, sw = int(h * p.crop + 0.5), int(w * p.crop + 0.5)
-    ty, tx = d.integers(-sh, sh + 1), d.integers(-sw, sw + 1)
-    padded = F.pad(x, [sw, sw, sh, sh])
-    rows = (torch.arange(h, device=x.device)[None, :] + ty[:, None] + sh)[:, :, None]  # (N, H, 1)
-    cols = (torch.arange(w, device=x.device)[None, :] + tx[:, None] + sw)[:, None, :]  # (N, 1, W)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    return d.integers(-sh, sh + 1), d.integers(-sw, sw + 1)
 
 
-def cutout(x: Tensor, d: _Draw, p: AugmentParams) -> Tensor:
-    """Zero one square of side round(cutout * side) centred at a random position (clipped at the border)."""
+def _crop_apply(x: Tensor, params: Drawn, p: AugmentParams) -> Tensor:
+    """Translate by the drawn shifts; vacated pixels are 0. A gather keeps the result in plain NCHW layout (a permuted
+    one makes a single-channel batch look channels-last to the convolution, which then rounds differently)."""
+    ty, tx = params
+    n, c, h, w = x.shape
+    sh, sw = int(h * p.crop + 0.5), int(w * p.crop + 0.5)
+    padded = F.pad(x, [sw, sw, sh, sh])  # (N, C, H + 2 sh, W + 2 sw)
+    rows = torch.arange(h, device=x.device)[None, :] + ty[:, None] + sh  # (N, H)
+    cols = torch.arange(w, device=x.device)[None, :] + tx[:, None] + sw  # (N, W)
+    flat = (rows[:, :, None] * (w + 2 * sw) + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return padded.flatten(2).gather(2, flat).view(n, c, h, w)
+
+
+def _cutout_draw(d: _Draw, p: AugmentParams, h: int, w: int) -> Drawn:
+    ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
+    return d.integers(0, h + (1 - ch % 2)), d.integers(0, w + (1 - cw % 2))
+
+
+def _cutout_apply(x: Tensor, params: Drawn, p: AugmentParams) -> Tensor:
+    """Zero one square of side round(cutout * side) centred at the drawn position (clipped at the border)."""
+    cy, cx = params
     _, _, h, w = x.shape
     ch, cw = int(h * p.cutout + 0.5), int(w * p.cutout + 0.5)
-    cy, cx = d.integers(0, h + (1 - ch % 2)), d.integers(0, w + (1 - cw % 2))
     r = torch.arange(h, device=x.device)[None, :] - (cy[:, None] - ch // 2)  # (N, H)
     c = torch.arange(w, device=x.device)[None, :] - (cx[:, None] - cw // 2)  # (N, W)
     inside = ((r >= 0) & (r < ch))[:, :, None] & ((c >= 0) & (c < cw))[:, None, :]  # (N, H, W)
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-FAMILIES: dict[str, Callable[[Tensor, _Draw, AugmentParams], Tensor]] = {
-    "color": color,
-    "crop": crop,
-    "cutout": cutout,
-    "flip": flip,
-    "scale": scale,
-    "rotate": rotate,
+@dataclass(frozen=True)
+class Family:
+    draw: Callable[[_Draw, AugmentParams, int, int], Drawn]
+    apply: Callable[[Tensor, Drawn, AugmentParams], Tensor]
+
+
+FAMILIES: dict[str, Family] = {
+    "color": Family(_color_draw, _color_apply),
+    "crop": Family(_crop_draw, _crop_apply),
+    "cutout": Family(_cutout_draw, _cutout_apply),
+    "flip": Family(_flip_draw, _flip_apply),
+    "scale": Family(_scale_draw, _affine_apply),
+    "rotate": Family(_rotate_draw, _affine_apply),
 }
+
+Plan = list[tuple[str, Drawn]]  # the families applied in turn, each with its per-image parameters
 
 
 def families(p: AugmentParams) -> list[str]:
     return [] if p.strategy == "none" else [f for f in p.strategy.split("_") if f]
 
 
-def dsa(x: Tensor, p: AugmentParams, gen: torch.Generator, *, shared: bool = False) -> Tensor:
-    """Augment a batch (N, C, H, W). Mode 'single' applies one family drawn from `gen`; 'all' applies every one."""
+def draw(
+    p: AugmentParams, gen: torch.Generator, shape: torch.Size, device: torch.device, *, shared: bool = False
+) -> Plan:
+    """Every random number one augmentation of a batch of `shape` (N, C, H, W) takes from `gen`, in DSA's order.
+
+    Mode 'single' picks one family from `gen`; 'all' applies every one."""
     names = families(p)
-    if not names:
-        return x
-    if p.mode == "single":
+    if p.mode == "single" and names:
         pick = int(torch.randint(len(names), (1,), generator=gen, device=gen.device).item())
         names = [names[pick]]
-    draw = _Draw(gen, x.shape[0], shared, x.device)
-    for name in names:
-        x = FAMILIES[name](x, draw, p)
+    d = _Draw(gen, shape[0], shared, device)
+    return [(name, FAMILIES[name].draw(d, p, shape[2], shape[3])) for name in names]
+
+
+def apply(x: Tensor, plan: Plan, p: AugmentParams) -> Tensor:
+    for name, params in plan:
+        x = FAMILIES[name].apply(x, params, p)
     return x
+
+
+def dsa(x: Tensor, p: AugmentParams, gen: torch.Generator, *, shared: bool = False) -> Tensor:
+    """Augment a batch (N, C, H, W). Mode 'single' applies one family drawn from `gen`; 'all' applies every one."""
+    if not families(p):
+        return x
+    return apply(x, draw(p, gen, x.shape, x.device, shared=shared), p)
+
+
+def dsa_many(x: Tensor, p: AugmentParams, gens: Sequence[torch.Generator]) -> Tensor:
+    """Augment K batches at once, x (K, N, C, H, W), batch k exactly as `dsa(x[k], p, gens[k])` would.
+
+    Each network draws from its own generator; networks that drew the same families share one apply over all their
+    images (every apply is per image, so the result does not depend on which batches share it)."""
+    if not families(p):
+        return x
+    plans = [draw(p, g, x.shape[1:], x.device) for g in gens]
+    out = torch.empty_like(x)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for k, plan in enumerate(plans):
+        groups.setdefault(tuple(name for name, _ in plan), []).append(k)
+    for names, ks in groups.items():
+        joint = [
+            (name, tuple(torch.cat([plans[k][i][1][j] for k in ks]) for j in range(len(plans[ks[0]][i][1]))))
+            for i, name in enumerate(names)
+        ]
+        index = torch.tensor(ks, device=x.device)
+        out[index] = apply(x[index].flatten(0, 1), joint, p).view(len(ks), *x.shape[1:])
+    return out
 
 
 def augment_pair(a: Tensor, b: Tensor, p: AugmentParams, gen: torch.Generator) -> tuple[Tensor, Tensor]:

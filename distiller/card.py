@@ -9,6 +9,7 @@ body repeats it for people: a results table, the image grid and a short training
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -24,10 +25,12 @@ from distiller._runtime import DistillerError, git, git_commit
 from distiller.data import Prepared, load_prepared
 from distiller.params import Params
 from distiller.paths import Layout
+from distiller.sources import describe
 from distiller.synthetic import SyntheticSet
 
 SHARD = "train-00000-of-00001.parquet"
 NORMALIZATION = "preprocessing/normalization.safetensors"
+ZCA = "preprocessing/zca.safetensors"
 SPLIT = "preprocessing/split.safetensors"
 GRID = "images/grid.png"
 BUDGETS_PNG = "images/budgets.png"
@@ -38,16 +41,6 @@ PAPERS = {
         "Embarrassingly Simple Dataset Distillation (Feng, Vedantam & Kempe, ICLR 2024): RaT-BPTT and Boost-DD",
         "2311.07025",
     ),
-}
-
-# What the card says about each registered source: its Hub id (or a stable name), and how to get its raw images.
-SOURCES: dict[str, dict[str, str]] = {
-    "digits": {
-        "hub_id": "sklearn-digits",
-        "title": "scikit-learn digits (UCI ML hand-written digits, 8x8)",
-        "loader": "sklearn.datasets.load_digits(): images (1797, 8, 8) with values 0..16, targets 0..9",
-        "homepage": "https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
-    },
 }
 
 
@@ -139,8 +132,19 @@ def card_metadata(p: Params, inp: Inputs, layout: Layout) -> dict[str, Any]:
             if ref in row:
                 entry[ref] = _result(row[ref])
         per_budget[config_name(int(b))] = entry
+    # MTT's cross-architecture evaluation: the largest budget trained on other networks, same protocol and seeds
+    archs: dict[str, Any] = m.get("architectures", {})
+    cross = {a: _result(r) for a, r in archs.items()} if list(archs) != [proto["architecture"]["arch"]] else {}
+    described = {
+        a: proto["architecture"]
+        if a == proto["architecture"]["arch"]
+        else models.describe(
+            dataclasses.replace(_model_params(params.get("model")), arch=a), data.image_shape, data.num_classes
+        )
+        for a in cross
+    }
     section = {"mtt": ("distill", "mtt", "expert"), "ratbptt": ("distill", "ratbptt", "boost")}.get(method, ())
-    source = SOURCES.get(data.source, {})
+    source = describe(data.source, layout.root)
     src: dict[str, Any] = {
         "name": data.source,
         "hub_id": source.get("hub_id", data.source),
@@ -174,24 +178,41 @@ def card_metadata(p: Params, inp: Inputs, layout: Layout) -> dict[str, Any]:
             "augment": params.get("augment"),
         },
         "source": src,
-        "preprocessing": {
-            "kind": "normalize",
-            "pixel_scale": data.pixel_scale,
-            "mean": [round(float(v), 8) for v in data.mean],
-            "std": [round(float(v), 8) for v in data.std],
-            "file": NORMALIZATION,
-            "stored": "pixel_values are already normalised; put real images in [0, 1] through (x - mean) / std",
-        },
+        "preprocessing": _preprocessing(data),
         "labels": {
             "train_on": "soft_label" if syn.soft_labels is not None else "label",
             "note": "soft_label rows are learned label distributions: train with cross-entropy against them"
             if syn.soft_labels is not None
             else "hard labels",
         },
-        "protocol": {**proto, "num_runs": proto["num_eval"]},
+        "protocol": {**proto, "num_runs": proto["num_eval"], **({"architectures": described} if cross else {})},
         "budgets": per_budget,
+        **({"cross_architecture": cross} if cross else {}),
         "default_config": config_name(syn.ipc),
         "full_data": _result(m["baselines"]["full_data"]) if "full_data" in m.get("baselines", {}) else None,
+    }
+
+
+def _preprocessing(data: Prepared) -> dict[str, Any]:
+    """How real images reach the space of pixel_values: per-channel normalisation, or MTT's ZCA whitening."""
+    if data.preprocess == "zca":
+        return {
+            "kind": "zca",
+            "pixel_scale": data.pixel_scale,
+            "eps": data.zca_eps,
+            "variant": "MTT: kornia.enhance.ZCAWhitening(eps, compute_inv=True) fitted on the training images in "
+            "[0, 1], flattened to C*H*W",
+            "file": ZCA,
+            "stored": "pixel_values are already whitened; flatten real images in [0, 1] to C*H*W and compute "
+            "(x - mean) @ matrix with the sidecar's tensors (back to pixels: z @ inverse + mean)",
+        }
+    return {
+        "kind": "normalize",
+        "pixel_scale": data.pixel_scale,
+        "mean": [round(float(v), 8) for v in data.mean],
+        "std": [round(float(v), 8) for v in data.std],
+        "file": NORMALIZATION,
+        "stored": "pixel_values are already normalised; put real images in [0, 1] through (x - mean) / std",
     }
 
 
@@ -218,7 +239,7 @@ def card_text(p: Params, inp: Inputs, meta: dict[str, Any], infos: dict[str, Any
     name = f"{data.source}-distilled-ipc{syn.ipc}"
     title, arxiv = PAPERS.get(method, (method, ""))
     card = DatasetCardData(
-        pretty_name=f"{SOURCES.get(data.source, {}).get('title', data.source)} distilled with {method.upper()}, "
+        pretty_name=f"{describe(data.source).get('title', data.source)} distilled with {method.upper()}, "
         f"{syn.ipc} images per class",
         license=data.license,
         task_categories=["image-classification"],
@@ -294,11 +315,12 @@ def card_body(name: str, inp: Inputs, meta: dict[str, Any], title: str, arxiv: s
             "",
             *lines,
             "",
+            *_cross_architecture(meta),
             f"![the distilled images, one row per class]({GRID})",
             "",
             "## Columns",
             "",
-            "- `pixel_values`: float32 (C, H, W), the exact distilled tensors, already normalised (see below). Train "
+            "- `pixel_values`: float32 (C, H, W), the exact distilled tensors, already preprocessed (see below). Train "
             "on these.",
             "- `label`: the class (`ClassLabel` with the real class names).",
             *(
@@ -308,17 +330,14 @@ def card_body(name: str, inp: Inputs, meta: dict[str, Any], title: str, arxiv: s
             ),
             "- `block`: index of the budget block the row belongs to.",
             *(
-                ["- `image`: an 8-bit preview for the viewer (de-normalised, clipped): lossy, not for training."]
+                ["- `image`: an 8-bit preview for the viewer (preprocessing undone, clipped): lossy, not for training."]
                 if preview
                 else []
             ),
             "",
             "## Reproducing the accuracy",
             "",
-            f"Everything is in the `distiller:` mapping of this card's YAML. Preprocessing: pixels scaled to [0, 1] "
-            f"({meta['preprocessing']['pixel_scale']}), then `(x - mean) / std` with mean "
-            f"{meta['preprocessing']['mean']} and std {meta['preprocessing']['std']} (also in `{NORMALIZATION}`); "
-            "put real test images through the same transform."
+            f"Everything is in the `distiller:` mapping of this card's YAML. {_preprocessing_text(meta)}"
             + (
                 f" The test images are the source's images at the indices in `{SPLIT}` (`test_indices`)."
                 if "file" in meta["source"]["test_split"]
@@ -344,6 +363,41 @@ def card_body(name: str, inp: Inputs, meta: dict[str, Any], title: str, arxiv: s
     )
 
 
+def _cross_architecture(meta: dict[str, Any]) -> list[str]:
+    """The table of MTT's cross-architecture evaluation, when the set was scored on more than one network."""
+    cross = meta.get("cross_architecture", {})
+    if len(cross) < 2:
+        return []
+    main = meta["protocol"]["architecture"]["arch"]
+    return [
+        "### Cross-architecture",
+        "",
+        f"The default config `{meta['default_config']}`, distilled on the {main}, trained on other networks with the "
+        "same protocol and seeds (their definitions are in `distiller.protocol.architectures`).",
+        "",
+        "| architecture | accuracy (%) |",
+        "|---|---|",
+        *(f"| {a}{' (distillation)' if a == main else ''} | {_pct(r)} |" for a, r in cross.items()),
+        "",
+    ]
+
+
+def _preprocessing_text(meta: dict[str, Any]) -> str:
+    pre = meta["preprocessing"]
+    if pre["kind"] == "zca":
+        how = (
+            f"then ZCA whitening (MTT's variant, eps {pre['eps']}, fitted on the training images): flatten each image "
+            f"to C*H*W values and compute `(x - mean) @ matrix` with the tensors in `{ZCA}` (its `inverse` maps "
+            "pixel_values back to pixels: `z @ inverse + mean`)"
+        )
+    else:
+        how = f"then `(x - mean) / std` with mean {pre['mean']} and std {pre['std']} (also in `{NORMALIZATION}`)"
+    return (
+        f"Preprocessing: pixels scaled to [0, 1] ({pre['pixel_scale']}), {how}; put real test images through the "
+        "same transform."
+    )
+
+
 def _provenance(meta: dict[str, Any]) -> str:
     git = (
         f"git commit `{meta['git_commit']}`" + (" with local changes" if meta["git_dirty"] else "")
@@ -362,7 +416,7 @@ def snippet(inp: Inputs, meta: dict[str, Any]) -> str:
     cfg = meta["default_config"]
     lr = meta["budgets"][cfg]["lr"]
     target = meta["labels"]["train_on"]
-    model_p = _model_params(meta)
+    model_p = _model_params(meta["method_params"].get("model"))
     convnet = models.ConvNet(model_p, data.image_shape, data.num_classes)
     first_conv = convnet.features[0]
     assert isinstance(first_conv, torch.nn.Conv2d)
@@ -394,8 +448,7 @@ def snippet(inp: Inputs, meta: dict[str, Any]) -> str:
     )
 
 
-def _model_params(meta: dict[str, Any]) -> Any:
+def _model_params(raw: dict[str, Any] | None) -> Any:
     from distiller.params import ModelParams, params_from_dict
 
-    raw = meta["method_params"].get("model") or {}
     return params_from_dict({"model": raw}).model if raw else ModelParams()

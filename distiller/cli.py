@@ -115,18 +115,43 @@ def _pct(x: float) -> str:
 
 
 @app.command()
-def download(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
+def download(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    root: RootOpt = Path("."),
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Source dataset (overrides data.source): digits, mnist, fashion-mnist, cifar10, cifar100, "
+            "`hf:<repo_id>[:<config>]`, `imagefolder:<path>`.",
+        ),
+    ] = None,
+    from_: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            metavar="DIR",
+            help="Folder holding the source's original archives (e.g. the four MNIST *-ubyte.gz files, or "
+            "cifar-10-python.tar.gz): each is checked against torchvision's MD5, then copied into data.root.",
+        ),
+    ] = None,
+) -> None:
     """Prepare the source dataset (default: scikit-learn's digits) as artifacts/data/prepared.safetensors.
 
-    Splits sources without a test split (stratified, `data.test_fraction`, seeded by `data.split_seed`), normalises
-    per channel with training-set statistics and records a content hash that later stages check.
+    Sources: digits; mnist, fashion-mnist, cifar10, cifar100 (torchvision, archives in `data.root`: downloaded when
+    online, or copied in with `--from DIR`; every archive's MD5 is checked); `hf:<repo_id>[:<config>]` (a Hugging
+    Face image-classification dataset, or a local parquet/arrow folder); `imagefolder:<path>` (one folder per class).
+    Images are resized to `data.resolution` when set. Splits sources without a test split (stratified,
+    `data.test_fraction`, seeded by `data.split_seed`), preprocesses with training-set statistics (`data.preprocess`:
+    per-channel normalisation, or ZCA whitening) and records a content hash that later stages check.
     """
     with _session():
-        p = _params(params, set_)
-        data = pipeline.download(p, Layout(root))
+        p = _params(params, set_, {"data.source": source})
+        data = pipeline.download(p, Layout(root), archives=from_)
     typer.echo(
         f"{data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images, "
-        f"{data.num_classes} classes, shape {data.image_shape}, hash {data.content_hash[:12]}"
+        f"{data.num_classes} classes, shape {data.image_shape}, {data.preprocess}, hash {data.content_hash[:12]}"
     )
 
 
@@ -192,6 +217,8 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root:
     if len(m["budgets"]) > 1:
         for b, row in m["budgets"].items():
             lines.append(f"ipc {b:>3}: " + "  ".join(f"{name} {100 * r['mean']:.2f}" for name, r in row.items()))
+    if len(m.get("architectures", {})) > 1:
+        lines += [f"on {arch}: {_fmt(r)}" for arch, r in m["architectures"].items()]
     typer.echo("\n".join(lines))
 
 

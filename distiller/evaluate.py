@@ -12,6 +12,7 @@ Two protocols, chosen by the method that made the set and applied to the set and
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from distiller import augment, models, ratbptt
 from distiller._runtime import SILENT, Reporter, generator
 from distiller.data import Prepared
 from distiller.params import AugmentParams, Params
-from distiller.train import SGDConfig, accuracy, train
+from distiller.train import SGDConfig, accuracy, networks_at_once, train_many
 
 
 @dataclass(frozen=True)
@@ -148,20 +149,29 @@ def score(
     """Train `runs` fresh networks on (images, targets) under `proto` and test each one.
 
     Network i of every set in one run starts from the same initialisation and draws the same minibatch orders and
-    augmentations, so sets differ only in their images. `targets` are hard labels or label distributions."""
+    augmentations, so sets differ only in their images. `targets` are hard labels or label distributions.
+    `evaluate.parallel` networks train at once (`train_many`); network i's accuracy does not depend on how many."""
     cfg = proto.config(lr, epochs)
     advance = progress.task(description, runs * cfg.epochs)
+    images, targets = images.to(device), targets.to(device)
+    test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
+    at_once = networks_at_once(p.evaluate.parallel, runs, device)
     accs = []
-    for i in range(runs):
-        model = models.build_model(
-            p.model, data.image_shape, data.num_classes, generator(p.seed, "eval-init", i), device
-        )
-        gen = generator(p.seed, "eval-train", i, device=device)
-        train(model, images.to(device), targets.to(device), cfg, proto.augment, gen, on_epoch=lambda _: advance(1))
-        accs.append(
-            accuracy(model, data.test_images.to(device), data.test_labels.to(device), p.evaluate.test_batch_size)
-        )
+    for first in range(0, runs, at_once):
+        group = range(first, min(first + at_once, runs))
+        nets = [
+            models.build_model(p.model, data.image_shape, data.num_classes, generator(p.seed, "eval-init", i), device)
+            for i in group
+        ]
+        gens = [generator(p.seed, "eval-train", i, device=device) for i in group]
+        train_many(nets, images, targets, cfg, proto.augment, gens, on_epoch=_ticks(advance, len(nets)))
+        accs += [accuracy(net, test_images, test_labels, p.evaluate.test_batch_size) for net in nets]
     return EvalResult(tuple(accs))
+
+
+def _ticks(advance: Callable[[int], None], k: int) -> Callable[[int], None]:
+    """Progress after one epoch of a group of k networks: k network-epochs."""
+    return lambda _: advance(k)
 
 
 def protocol(p: Params, data: Prepared, proto: Protocol) -> dict[str, object]:

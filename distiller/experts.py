@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from distiller import augment, models
+from distiller import augment, batched, models
 from distiller._runtime import DistillerError, generator, load_safetensors, save_safetensors, sha256_tensors
 from distiller.data import Prepared
 from distiller.params import AugmentParams, ExpertParams, ModelParams
-from distiller.train import SGDConfig, accuracy, train
+from distiller.train import SGDConfig, accuracy, train_many
 
 TRAJECTORY_FORMAT = "distiller.trajectory"
 FORMAT_VERSION = "1"
@@ -46,21 +46,40 @@ def train_expert(
     on_epoch: Callable[[int], None] | None = None,
 ) -> tuple[Trajectory, float]:
     """One expert's trajectory theta*_0 .. theta*_E (on the CPU) and its final test accuracy."""
-    model = models.build_model(
-        model_p, data.image_shape, data.num_classes, generator(seed, "expert-init", index), device
-    )
-    snapshot = lambda: {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
-    trajectory = [snapshot()]
+    return train_experts(data, model_p, expert_p, augment_p, seed, [index], device, on_epoch)[0]
+
+
+def train_experts(
+    data: Prepared,
+    model_p: ModelParams,
+    expert_p: ExpertParams,
+    augment_p: AugmentParams,
+    seed: int,
+    indices: Sequence[int],
+    device: torch.device,
+    on_epoch: Callable[[int], None] | None = None,
+    kernels: batched.Kernels = "exact",
+) -> list[tuple[Trajectory, float]]:
+    """The experts `indices`, trained at once (`train_many`): each trajectory and accuracy is what `train_expert`
+    gives for that index alone. `on_epoch(e)` runs once per epoch for all of them."""
+    nets = [
+        models.build_model(model_p, data.image_shape, data.num_classes, generator(seed, "expert-init", i), device)
+        for i in indices
+    ]
+    snapshot = lambda net: {k: v.detach().cpu().clone() for k, v in net.named_parameters()}
+    trajectories = [[snapshot(net)] for net in nets]
 
     def record(epoch: int) -> None:
-        trajectory.append(snapshot())
+        for trajectory, net in zip(trajectories, nets, strict=True):
+            trajectory.append(snapshot(net))
         if on_epoch is not None:
             on_epoch(epoch)
 
     cfg = SGDConfig(epochs=expert_p.epochs, lr=expert_p.lr, batch_size=expert_p.batch_size)
-    gen = generator(seed, "expert-train", index, device=device)
-    train(model, data.train_images, data.train_labels, cfg, augment_p if expert_p.augment else None, gen, record)
-    return trajectory, accuracy(model, data.test_images, data.test_labels)
+    gens = [generator(seed, "expert-train", i, device=device) for i in indices]
+    aug = augment_p if expert_p.augment else None
+    train_many(nets, data.train_images, data.train_labels, cfg, aug, gens, record, kernels)
+    return [(t, accuracy(net, data.test_images, data.test_labels)) for t, net in zip(trajectories, nets, strict=True)]
 
 
 def trajectory_tensors(trajectory: Trajectory) -> dict[str, torch.Tensor]:

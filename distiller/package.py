@@ -6,10 +6,11 @@ offline and on the Hub alike. Rows are stored block-major: the budget-k rows are
 larger config, and each row's `block` says which budget first includes it.
 
 Everything a consumer needs to reproduce the accuracy travels in the folder: the exact float pixels (`pixel_values`,
-no 8-bit rounding), the learned lr, the normalisation (card and `preprocessing/normalization.safetensors`), the
-evaluation split of sources without a test split (`preprocessing/split.safetensors`), the evaluation protocol and the
-measured accuracy of every budget beside its references, under one `distiller:` mapping in the card's YAML (the card
-contract of ecosystem.md section 8, written by `distiller.card`).
+no 8-bit rounding), the learned lr, the preprocessing (card and `preprocessing/normalization.safetensors`, or
+`preprocessing/zca.safetensors` with the ZCA mean, matrix and inverse), the evaluation split of sources without a
+test split (`preprocessing/split.safetensors`), the evaluation protocol and the measured accuracy of every budget
+beside its references, under one `distiller:` mapping in the card's YAML (the card contract of ecosystem.md section 8,
+written by `distiller.card`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from distiller.card import (
     NORMALIZATION,
     SHARD,
     SPLIT,
+    ZCA,
     card_metadata,
     card_text,
     config_name,
@@ -112,13 +114,28 @@ def build(p: Params, layout: Layout) -> Path:
                 dataset_size=ds.data.nbytes,
             )
         (out / "preprocessing").mkdir()
-        save_safetensors(
-            out / NORMALIZATION,
-            {"mean": data.mean, "std": data.std},
-            "distiller.normalization",
-            "1",
-            {"applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}); x_norm = (x - mean) / std per channel"},
-        )
+        if data.preprocess == "zca":
+            c, h, w = data.image_shape
+            save_safetensors(
+                out / ZCA,
+                {"mean": data.zca_mean, "matrix": data.zca_matrix, "inverse": data.zca_inverse},
+                "distiller.zca",
+                "1",
+                {
+                    "applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}), each image flattened to C*H*W = "
+                    f"{c}*{h}*{w} values (C-major); whitened z = (x - mean) @ matrix, back: x = z @ inverse + mean",
+                    "eps": repr(data.zca_eps),
+                    "fitted_by": "kornia.enhance.ZCAWhitening(eps=eps, compute_inv=True) on the training images",
+                },
+            )
+        else:
+            save_safetensors(
+                out / NORMALIZATION,
+                {"mean": data.mean, "std": data.std},
+                "distiller.normalization",
+                "1",
+                {"applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}); x_norm = (x - mean) / std per channel"},
+            )
         if len(data.test_indices):
             save_safetensors(
                 out / SPLIT,
@@ -137,5 +154,5 @@ def build(p: Params, layout: Layout) -> Path:
 
 
 def _previews(images: torch.Tensor, data: Prepared) -> list[Image.Image]:
-    pixels = synthetic.to_pixels(images, data.mean, data.std).numpy()  # (N, H, W, C) uint8
+    pixels = synthetic.to_pixels(images, data).numpy()  # (N, H, W, C) uint8
     return [Image.fromarray(a[:, :, 0], "L") if a.shape[2] == 1 else Image.fromarray(a, "RGB") for a in pixels]

@@ -22,6 +22,7 @@ import yaml
 from distiller._runtime import DistillerError
 
 AUG_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+Arch = Literal["convnet", "resnet18", "resnet18_ap", "vgg11", "alexnet"]  # MTT's ConvNet and its evaluation zoo
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
 
 
@@ -32,7 +33,19 @@ def _f(default: Any, help: str, **bounds: float) -> Any:
 
 @dataclass(frozen=True)
 class DataParams:
-    source: str = _f("digits", "registry name of the source dataset")
+    source: str = _f(
+        "digits",
+        "source dataset: digits, mnist, fashion-mnist, cifar10, cifar100, hf:<repo_id>[:<config>] or "
+        "imagefolder:<path>",
+    )
+    root: str = _f("data/raw", "folder of the original archives (torchvision sources), relative to the project root")
+    resolution: int = _f(0, "side in pixels images are resized to (square); 0 keeps the native size", ge=0)
+    image_column: str = _f("", "hf: sources: the image column (empty: the one Image feature)")
+    label_column: str = _f("", "hf: sources: the label column (empty: the one ClassLabel feature)")
+    preprocess: Literal["normalize", "zca"] = _f(
+        "normalize", "normalize: per-channel (x - mean) / std; zca: MTT's ZCA whitening of pixels in [0, 1]"
+    )
+    zca_eps: float = _f(0.1, "ZCA: added to the covariance eigenvalues before the inverse square root", gt=0)
     test_fraction: float = _f(
         0.25, "share of each class held out for testing (sources without a test split)", gt=0, lt=1
     )
@@ -43,11 +56,15 @@ class DataParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: Literal["convnet"] = _f("convnet", "architecture used for experts, distillation and evaluation")
-    depth: int = _f(2, "conv blocks D (each halves the resolution)", ge=1, le=6)
-    width: int = _f(64, "channels per conv layer", ge=1)
-    norm: Literal["instancenorm", "none"] = _f("instancenorm", "instancenorm = GroupNorm(C, C): no running buffers")
-    pooling: Literal["avgpool", "maxpool"] = _f("avgpool", "2x2 pooling after every block")
+    arch: Arch = _f(  # noqa: RUF009 (a Literal alias: immutable)
+        "convnet", "architecture of experts, distillation and evaluation (distillation needs convnet)"
+    )
+    depth: int = _f(2, "convnet: conv blocks D (each halves the resolution)", ge=1, le=6)
+    width: int = _f(64, "convnet: channels per conv layer", ge=1)
+    norm: Literal["instancenorm", "none"] = _f(
+        "instancenorm", "convnet: instancenorm = GroupNorm(C, C), no running buffers"
+    )
+    pooling: Literal["avgpool", "maxpool"] = _f("avgpool", "convnet: 2x2 pooling after every block")
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,9 @@ class ExpertParams:
     batch_size: int = _f(256, "expert minibatch", ge=1)
     augment: bool = _f(True, "DSA on while training experts")
     checkpoint_every: int = _f(1, "experts between checkpoints of the stage (0: none); a rerun resumes", ge=0)
+    parallel: int = _f(
+        0, "experts trained at once (0: all on a GPU, one at a time on the CPU); the experts do not depend on it", ge=0
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +183,13 @@ class EvaluateParams:
     full_data_runs: int = _f(1, "networks trained on the full training set (0 skips the baseline)", ge=0)
     full_data_epochs: int = _f(100, "epochs for the full-data baseline (0: the same as `epochs`)", ge=0)
     test_batch_size: int = _f(1024, "test-time batch (no effect on results)", ge=1)
+    parallel: int = _f(
+        0, "networks trained at once (0: all on a GPU, one at a time on the CPU); the scores do not depend on it", ge=0
+    )
+    archs: tuple[Arch, ...] = _f(
+        (),
+        "architectures the largest budget is also scored on, same protocol and seeds (empty: model.arch only)",
+    )
 
 
 @dataclass(frozen=True)
@@ -246,6 +273,8 @@ def _check_combinations(p: Params) -> None:
         raise DistillerError(f"ratbptt.augment: unknown family '{bad[0]}'{_did_you_mean(bad[0], AUG_FAMILIES)}")
     if not SEMVER.fullmatch(p.package.version):
         raise DistillerError(f"package.version must be a semantic version like 1.2.0, got '{p.package.version}'")
+    if len(set(p.evaluate.archs)) < len(p.evaluate.archs):
+        raise DistillerError(f"evaluate.archs lists an architecture twice: {list(p.evaluate.archs)}")
     if p.device != "auto" and not (p.device == "cpu" or p.device.startswith("cuda")):
         raise DistillerError(f"device: '{p.device}' is not one of auto, cpu, cuda, cuda:N")
 
@@ -259,7 +288,10 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (tuple, list):
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+        inner = typing.get_args(tp)[0]
+        if typing.get_origin(inner) is Literal:
+            return "a list of " + ", ".join(repr(a) for a in typing.get_args(inner))
+        return f"a list of {_type_name(inner)}s"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 

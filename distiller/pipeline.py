@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distiller import __version__, boost, experts, mtt, package, plots, synthetic
+from distiller import __version__, boost, experts, models, mtt, package, plots, sources, synthetic
 from distiller import checkpoint as ckpt
 from distiller._runtime import (
     SILENT,
@@ -32,6 +33,7 @@ from distiller.data import Prepared, load_prepared, prepare, save_prepared
 from distiller.evaluate import EvalResult, protocol, protocol_for, score
 from distiller.params import Params, effective_budgets, to_dict
 from distiller.paths import Layout
+from distiller.train import networks_at_once
 
 
 def provenance(p: Params, **extra: object) -> dict[str, object]:
@@ -42,9 +44,12 @@ def provenance(p: Params, **extra: object) -> dict[str, object]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def download(p: Params, layout: Layout) -> Prepared:
-    """Materialise the source dataset as a prepared tensor file."""
-    data = prepare(p.data)
+def download(p: Params, layout: Layout, archives: Path | None = None) -> Prepared:
+    """Materialise the source dataset as a prepared tensor file. `archives` (`distiller download --from DIR`) is a
+    folder of the source's original archives, verified and copied into `data.root` first."""
+    if archives is not None:
+        sources.import_archives(p.data.source, archives, sources.data_root(p.data, layout.root))
+    data = prepare(p.data, layout.root)
     save_prepared(data, layout.prepared)
     return data
 
@@ -53,6 +58,7 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
     """Train `expert.num_experts` experts; returns their final test accuracies.
 
     RaT-BPTT needs no experts: the stage then writes an empty buffer whose manifest says so, in no time."""
+    _require_convnet(p)
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     info = experts.manifest(data, p.model, p.expert, p.augment, p.seed)
@@ -60,40 +66,65 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
         with atomic_dir(layout.experts_dir) as out:
             experts.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [])
         return []
-    advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
-    # each expert depends only on its index, so finished experts are checkpointed whole and a rerun skips them
-    key = ckpt.fingerprint(info, dataclasses.replace(p.expert, checkpoint_every=0), str(device))
+    n = p.expert.num_experts
+    advance = progress.task("expert buffer", n * p.expert.epochs)
+    # each expert depends only on its index (not on which experts train beside it), so finished experts are
+    # checkpointed whole after their group and a rerun trains only the missing ones
+    key = ckpt.fingerprint(info, dataclasses.replace(p.expert, checkpoint_every=0, parallel=0), str(device))
     store = ckpt.Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every)
+    at_once = networks_at_once(p.expert.parallel, n, device)
     accuracies = []
     with atomic_dir(layout.experts_dir) as out:
-        for i in range(p.expert.num_experts):
-            saved = store.load(f"expert_{i:03d}")
-            if saved is not None:
-                trajectory, acc = experts.trajectory_from_tensors(saved.tensors), saved.state["accuracy"]
-                advance(p.expert.epochs)
-            else:
-                trajectory, acc = experts.train_expert(
-                    data, p.model, p.expert, p.augment, p.seed, i, device, on_epoch=lambda _: advance(1)
-                )
-                if store.due(i + 1):
-                    store.save(f"expert_{i:03d}", experts.trajectory_tensors(trajectory), {"accuracy": acc})
-            experts.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors")
-            accuracies.append(acc)
+        for first in range(0, n, at_once):
+            group = range(first, min(first + at_once, n))
+            results: dict[int, tuple[experts.Trajectory, float]] = {}
+            for i in group:
+                saved = store.load(f"expert_{i:03d}")
+                if saved is not None:
+                    results[i] = experts.trajectory_from_tensors(saved.tensors), saved.state["accuracy"]
+                    advance(p.expert.epochs)
+            missing = [i for i in group if i not in results]
+            if missing:
+                tick = functools.partial(_advance, advance, len(missing))
+                fresh = experts.train_experts(data, p.model, p.expert, p.augment, p.seed, missing, device, tick)
+                for i, (trajectory, acc) in zip(missing, fresh, strict=True):
+                    results[i] = trajectory, acc
+                    if store.due(i + 1):
+                        store.save(f"expert_{i:03d}", experts.trajectory_tensors(trajectory), {"accuracy": acc})
+            for i in group:
+                trajectory, acc = results[i]
+                experts.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors")
+                accuracies.append(acc)
         experts.write_manifest(out, info, accuracies)
     store.clear()
     return accuracies
+
+
+def _advance(advance: Callable[[int], None], k: int, epoch: int) -> None:
+    """Progress after one epoch of k networks trained at once."""
+    advance(k)
+
+
+def _require_convnet(p: Params) -> None:
+    """Experts and distillation run on the ConvNet (the card's training snippet rebuilds it); the zoo evaluates."""
+    if p.model.arch != "convnet":
+        raise DistillerError(
+            f"model.arch is {p.model.arch}: experts and distillation use the convnet; list other architectures in "
+            "evaluate.archs to score the distilled set on them"
+        )
 
 
 def distill_store(p: Params, layout: Layout, *inputs: object) -> ckpt.Store:
     """The checkpoints of a distill run: resumed only for the same params (the checkpoint interval aside) and inputs."""
     relevant = {k: v for k, v in to_dict(p).items() if k not in ("evaluate", "package")}
     relevant["distill"] = {**relevant["distill"], "checkpoint_every": None}
-    relevant["expert"] = {**relevant["expert"], "checkpoint_every": None}
+    relevant["expert"] = {**relevant["expert"], "checkpoint_every": None, "parallel": None}
     return ckpt.Store(layout.checkpoints("distill"), ckpt.fingerprint(relevant, *inputs), p.distill.checkpoint_every)
 
 
 def distill(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
     """Distill with `distill.method`; writes the synthetic set, curves, image grid and metrics. Returns a summary."""
+    _require_convnet(p)
     if p.distill.method == "ratbptt":
         return _distill_ratbptt(p, layout, progress)
     return _distill_mtt(p, layout, progress)
@@ -120,7 +151,7 @@ def _distill_mtt(p: Params, layout: Layout, progress: Reporter) -> str:
     with atomic_dir(layout.distill_dir) as out:
         synthetic.save(syn, out / layout.synthetic.name, prov)
         write_text(out / layout.curves.name, _csv(curves.rows()))
-        synthetic.grid_png(syn.images, syn.ipc, data.classes, data.mean, data.std, out / layout.grid.name)
+        synthetic.grid_png(syn.images, syn.ipc, data, out / layout.grid.name)
         plots.curves_png(
             out / layout.curves_png.name,
             curves.iteration,
@@ -177,7 +208,7 @@ def _distill_ratbptt(p: Params, layout: Layout, progress: Reporter) -> str:
             path.parent.mkdir(exist_ok=True)
             synthetic.save(ref, path, {**prov, "reference": f"distilled directly at ipc {b}, no boosting"})
         write_text(out / layout.curves.name, _csv(rows))
-        synthetic.grid_png(syn.images, syn.ipc, data.classes, data.mean, data.std, out / layout.grid.name)
+        synthetic.grid_png(syn.images, syn.ipc, data, out / layout.grid.name)
         plots.runs_png(
             out / layout.curves_png.name,
             {run: (c.iteration, c.meta_loss) for run, c in result.curves.items()},
@@ -215,7 +246,8 @@ def _skipped(n: int) -> str:
 
 def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
     """Score the synthetic set (every nested budget) and, under the same protocol and seeds, its references: a random
-    real subset, the full data and, for boosted sets, sets distilled directly at each budget and the naive subset."""
+    real subset, the full data and, for boosted sets, sets distilled directly at each budget and the naive subset.
+    The largest budget is also scored on every architecture in `evaluate.archs` (MTT's cross-architecture table)."""
     device = resolve_device(p.device)
     data = load_prepared(layout.prepared).to(device)
     syn, prov = synthetic.load(layout.synthetic)
@@ -226,18 +258,24 @@ def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str
     budgets = syn.budgets or (syn.ipc,)
     refs = {b: synthetic.load(layout.reference(b))[0] for b in budgets if layout.reference(b).is_file()}
     e = p.evaluate
+    archs = e.archs or (p.model.arch,)
+    on_arch = {a: dataclasses.replace(p, model=dataclasses.replace(p.model, arch=a)) for a in archs}
+    for q in on_arch.values():  # refuse an input size an architecture cannot take before training anything
+        models.describe(q.model, data.image_shape, data.num_classes)
     seconds: dict[str, float] = {}
     done: dict[str, EvalResult] = {}  # content hash -> result: a set that appears twice is trained once
 
-    def timed(name: str, s: synthetic.SyntheticSet, epochs: int | None = None, runs: int | None = None) -> EvalResult:
-        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}"
+    def timed(
+        name: str, s: synthetic.SyntheticSet, epochs: int | None = None, runs: int | None = None, q: Params = p
+    ) -> EvalResult:
+        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}/{q.model.arch}"
         if key not in done:
             t0 = time.perf_counter()
             done[key] = score(
                 s.images,
                 s.targets,
                 data,
-                p,
+                q,
                 proto,
                 lr=proto.lr(s.lr),
                 runs=runs or e.num_eval,
@@ -267,6 +305,8 @@ def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str
     if e.full_data_runs > 0:
         full = synthetic.SyntheticSet(data.train_images, data.train_labels, None, 1)
         baselines["full_data"] = timed("full data", full, e.full_data_epochs or None, e.full_data_runs).as_dict()
+    # the distillation architecture's entry is the row above (same set, protocol and seeds): trained once
+    architectures = {a: timed(f"{a} ipc {syn.ipc}", syn.prefix(syn.ipc), q=q).as_dict() for a, q in on_arch.items()}
     seconds["total"] = round(sum(seconds.values()), 2)
     metrics = {
         "dataset": data.source,
@@ -276,6 +316,7 @@ def evaluate(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str
         "accuracy": top[main],
         "baselines": baselines,
         "budgets": per_budget,
+        "architectures": architectures,
         "protocol": protocol(p, data, proto),
         "seconds": seconds,
     }

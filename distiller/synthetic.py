@@ -1,8 +1,8 @@
 """The synthetic set: images, labels (hard, and soft when learned), the lr to train with, its file and its picture.
 
-Images are stored class-major in the space of the prepared data (normalised): image `c * ipc + j` is the j-th image
-of class c, so "the first k images per class" is well defined. A Boost-DD set also records its nested `budgets`: the
-first b images of every class form the budget-b subset, for each b in budgets.
+Images are stored class-major in the space of the prepared data (normalised, or ZCA-whitened): image `c * ipc + j`
+is the j-th image of class c, so "the first k images per class" is well defined. A Boost-DD set also records its
+nested `budgets`: the first b images of every class form the budget-b subset, for each b in budgets.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from distiller._runtime import DistillerError, atomic_path, load_safetensors, save_safetensors, sha256_tensors
-from distiller.data import Prepared
+from distiller.data import Prepared, to_unit
 
 FORMAT = "distiller.synthetic"
 FORMAT_VERSION = "1"
@@ -23,7 +23,7 @@ FORMAT_VERSION = "1"
 
 @dataclass(frozen=True)
 class SyntheticSet:
-    images: torch.Tensor  # (classes * ipc, C, H, W), class-major, normalised like the real data
+    images: torch.Tensor  # (classes * ipc, C, H, W), class-major, preprocessed like the real data
     labels: torch.Tensor  # (classes * ipc,) int64 hard labels
     lr: float | None  # learned student lr (MTT); None when the method learns none
     ipc: int
@@ -103,17 +103,14 @@ def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
     return syn, json.loads(meta["provenance"])
 
 
-def to_pixels(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Undo the normalisation and quantise for viewing: uint8 (N, H, W, C). Lossy; previews only."""
-    x = images.detach().cpu() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+def to_pixels(images: torch.Tensor, data: Prepared) -> torch.Tensor:
+    """Undo the preprocessing (`data.to_unit`) and quantise for viewing: uint8 (N, H, W, C). Lossy; previews only."""
+    return (to_unit(images, data) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def grid_png(
-    images: torch.Tensor, ipc: int, classes: tuple[str, ...], mean: torch.Tensor, std: torch.Tensor, path: Path | str
-) -> None:
+def grid_png(images: torch.Tensor, ipc: int, data: Prepared, path: Path | str) -> None:
     """One row per class, its name on the left; small images are upscaled (nearest) to at least 48 px."""
-    pixels = to_pixels(images, mean, std)  # (N, H, W, C)
+    pixels, classes = to_pixels(images, data), data.classes  # (N, H, W, C)
     n, h, w, c = pixels.shape
     zoom = max(1, -(-48 // max(h, w)))
     cell_h, cell_w, pad = h * zoom, w * zoom, 2

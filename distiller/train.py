@@ -1,19 +1,21 @@
 """Plain supervised training with SGD on a tensor dataset: shared by the expert buffer and evaluation.
 
 Data stays resident on the device as one tensor; each epoch is a permutation drawn from the run's generator cut into
-minibatches (the last one may be short, as a shuffling DataLoader gives).
+minibatches (the last one may be short, as a shuffling DataLoader gives). `train_many` trains several networks of one
+architecture at once (see `batched`), each exactly as `train` would train it alone with its own generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller.augment import dsa
+from distiller import batched
+from distiller.augment import dsa, dsa_many
 from distiller.params import AugmentParams
 
 
@@ -38,17 +40,11 @@ def train(
     on_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """Train `model` in place; `on_epoch(e)` runs after epoch e = 1 .. epochs; `gen` draws order and augmentation."""
-    opt: torch.optim.Optimizer
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = _optimizer(list(model.parameters()), cfg)
     n = len(images)
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        if cfg.decay_at_half and epoch == cfg.epochs // 2 + 1:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * 0.1
+        _schedule(opt, cfg, epoch)
         order = torch.randperm(n, generator=gen, device=gen.device).to(images.device)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -61,6 +57,68 @@ def train(
             opt.step()
         if on_epoch is not None:
             on_epoch(epoch)
+
+
+def train_many(
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: SGDConfig,
+    augment: AugmentParams | None,
+    gens: Sequence[torch.Generator],
+    on_epoch: Callable[[int], None] | None = None,
+    kernels: batched.Kernels = "exact",
+) -> None:
+    """Train K networks of one architecture in place at once, network k exactly as `train(models[k], ..., gens[k])`.
+
+    Every network keeps its own initialisation, generator (minibatch order, augmentation draws) and optimiser state;
+    one optimiser steps all of them, which is the same per-tensor arithmetic. Each step gathers the K minibatches,
+    augments them with one `dsa_many` call, runs one vmapped forward (`batched.forward`) and one backward of the sum
+    of the K mean losses (each network's gradient is its own loss's). `on_epoch(e)` runs once per epoch for all."""
+    if len(models) == 1:
+        train(models[0], images, labels, cfg, augment, gens[0], on_epoch)
+        return
+    batched.check_stackable(models[0])
+    params = [list(m.parameters()) for m in models]
+    opt = _optimizer([p for ps in params for p in ps], cfg)
+    n = len(images)
+    for m in models:
+        m.train()
+    for epoch in range(1, cfg.epochs + 1):
+        _schedule(opt, cfg, epoch)
+        order = torch.stack([torch.randperm(n, generator=g, device=g.device).to(images.device) for g in gens])  # (K, n)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[:, start : start + cfg.batch_size]  # (K, B)
+            x = images[idx]  # (K, B, C, H, W)
+            if augment is not None:
+                x = dsa_many(x, augment, gens)
+            logits = batched.forward(models[0], batched.stack(models), x, kernels)  # (K, B, classes)
+            losses = [F.cross_entropy(out, y) for out, y in zip(logits.unbind(), labels[idx].unbind(), strict=True)]
+            opt.zero_grad(set_to_none=True)
+            torch.stack(losses).sum().backward()
+            opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+
+def networks_at_once(parallel: int, count: int, device: torch.device) -> int:
+    """How many of `count` networks to train at once: `parallel`, or with 0 all of them on a GPU and one at a time on
+    the CPU, where the convolutions' arithmetic dominates and stacking saves little (see benchmarks/RESULTS.md)."""
+    if parallel == 0:
+        return count if device.type == "cuda" else 1
+    return max(1, min(parallel, count))
+
+
+def _optimizer(params: list[torch.Tensor], cfg: SGDConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: SGDConfig, epoch: int) -> None:
+    if cfg.decay_at_half and epoch == cfg.epochs // 2 + 1:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.1
 
 
 @torch.inference_mode()

@@ -1,8 +1,9 @@
+import pytest
 import torch
 from torch.func import functional_call
 
-from distiller._runtime import generator
-from distiller.models import build_model
+from distiller._runtime import DistillerError, generator
+from distiller.models import build_model, describe
 from distiller.params import ModelParams
 
 
@@ -32,3 +33,94 @@ def test_head_sizes():
     assert build_model(ModelParams(width=64), (1, 8, 8), 10, generator(0)).classifier.in_features == 64 * 2 * 2
     assert build_model(ModelParams(width=128, depth=3), (1, 28, 28), 10, generator(0)).classifier.in_features == 2048
     assert build_model(ModelParams(width=128, depth=3), (3, 32, 32), 10, generator(0)).classifier.in_features == 2048
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the cross-architecture zoo
+
+ZOO = ["resnet18", "resnet18_ap", "vgg11", "alexnet"]
+ARCHS = ["convnet", *ZOO]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_arch_runs_forward_and_backward_without_buffers(arch, shape):
+    p = ModelParams(arch=arch, width=8, depth=3)
+    model = build_model(p, shape, 10, generator(0, "m"))
+    assert list(model.buffers()) == []
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    x = torch.randn(2, *shape)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out = model(x)
+    assert out.shape == (2, 10)
+    assert torch.allclose(functional_call(model, params, (x,)), out, atol=1e-6)
+    out.square().mean().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in model.parameters())
+    desc = describe(p, shape, 10)
+    assert desc["arch"] == arch and desc["input_shape"] == list(shape)
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_zoo_init_comes_from_the_generator_only(arch):
+    state = torch.random.get_rng_state()
+    a, b, c = (build_model(ModelParams(arch=arch), (3, 32, 32), 10, generator(s, "m")) for s in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        if "weight" in name and pa.dim() > 1:
+            assert not torch.equal(pa, pc)
+
+
+def _count(p: ModelParams, shape: tuple[int, int, int], classes: int) -> int:
+    return sum(t.numel() for t in build_model(p, shape, classes, generator(0)).parameters())
+
+
+def test_parameter_counts():
+    """ConvNet-3 (width 128) as methods.md 1.1 derives them; the zoo counted by hand from MTT's definitions."""
+    convnet3 = ModelParams(width=128, depth=3)
+    assert _count(convnet3, (3, 32, 32), 10) == 320_010  # CIFAR-10
+    assert _count(convnet3, (3, 32, 32), 100) == 504_420  # CIFAR-100
+    assert _count(ModelParams(width=128, depth=4), (3, 64, 64), 200) == 857_160  # Tiny ImageNet, ConvNetD4
+    assert _count(ModelParams(width=128, depth=3), (1, 28, 28), 10) == 320_010 - 2 * 9 * 128  # MNIST: one channel
+    # ResNet-18 with affine norms has the familiar CIFAR-10 count; the AP head flattens the 4x4 map instead
+    assert _count(ModelParams(arch="resnet18"), (3, 32, 32), 10) == 11_173_962
+    assert _count(ModelParams(arch="resnet18_ap"), (3, 32, 32), 10) == 11_173_962 - 5_130 + 512 * 16 * 10 + 10
+    # AlexNet: convs 9728 + 614592 + 442624 + 442560 + 331968, head 192*4*4*10 + 10
+    assert _count(ModelParams(arch="alexnet"), (3, 32, 32), 10) == 1_872_202
+    assert _count(ModelParams(arch="alexnet"), (1, 28, 28), 10) == 1_872_202 - 2 * 25 * 128
+    # VGG-11: 8 convs with bias and an affine norm each, head 512*10 + 10
+    convs = [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512), (512, 512), (512, 512), (512, 512)]
+    assert _count(ModelParams(arch="vgg11"), (3, 32, 32), 10) == sum(9 * i * o + 3 * o for i, o in convs) + 5_130
+
+
+def test_heads_see_28x28_grey_as_32x32():
+    grey, rgb = (1, 28, 28), (3, 32, 32)
+    for arch in ("convnet", "vgg11", "alexnet"):
+        p = ModelParams(arch=arch, width=128, depth=3)
+        assert describe(p, grey, 10).get("head_features") == describe(p, rgb, 10).get("head_features")
+    assert describe(ModelParams(arch="resnet18_ap"), grey, 10)["head_features"] == 512 * 3 * 3  # as in MTT
+
+
+@pytest.mark.parametrize(
+    ("arch", "side", "need"), [("resnet18", 8, 9), ("resnet18_ap", 15, 16), ("vgg11", 16, 32), ("alexnet", 7, 8)]
+)
+def test_too_small_inputs_are_refused_with_the_minimum(arch, side, need):
+    with pytest.raises(DistillerError, match=f"model.arch {arch} needs images of at least {need}x{need}"):
+        build_model(ModelParams(arch=arch), (1, side, side), 10, generator(0))
+    with pytest.raises(DistillerError, match=f"at least {need}x{need}"):
+        describe(ModelParams(arch=arch), (3, side, side), 10)
+    build_model(ModelParams(arch=arch), (3, need, need), 10, generator(0))
+
+
+def test_convnet_description_is_unchanged():
+    """Expert manifests compare this dict: the zoo must not change what the ConvNet's says."""
+    assert describe(ModelParams(), (1, 8, 8), 10) == {
+        "arch": "convnet",
+        "depth": 2,
+        "width": 64,
+        "norm": "instancenorm (GroupNorm(C, C), affine)",
+        "pooling": "avgpool",
+        "activation": "relu",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+    }

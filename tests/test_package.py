@@ -171,6 +171,38 @@ def test_soft_labels_and_boosted_references_are_packaged(rat_folder: Path, tmp_p
 TINY_REAL_LR = params_from_dict(TINY).evaluate.real_lr
 
 
+def test_zca_transform_is_packaged_with_the_set(tmp_path: Path):
+    """With data.preprocess zca, the sidecar holds the fitted transform and its inverse, and the card says so."""
+    import numpy as np
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+    from PIL import Image
+    from safetensors import safe_open
+
+    from distiller.data import to_unit
+
+    folder = _build(tmp_path, data={"preprocess": "zca"}, evaluate={"full_data_runs": 0})
+    prepared = load_prepared(Layout(tmp_path).prepared)
+    assert prepared.preprocess == "zca"
+    files = {str(p.relative_to(folder)) for p in (folder / "preprocessing").iterdir()}
+    assert files == {"preprocessing/zca.safetensors", "preprocessing/split.safetensors"}
+    with safe_open(str(folder / "preprocessing/zca.safetensors"), framework="pt") as f:
+        assert f.metadata()["format"] == "distiller.zca" and f.metadata()["eps"] == "0.1"
+        for name, field in (("mean", "zca_mean"), ("matrix", "zca_matrix"), ("inverse", "zca_inverse")):
+            assert torch.equal(f.get_tensor(name), getattr(prepared, field))
+    card = DatasetCard.load(folder / "README.md")
+    pre = card.data.to_dict()["distiller"]["preprocessing"]
+    assert pre["kind"] == "zca" and pre["file"] == "preprocessing/zca.safetensors" and pre["eps"] == 0.1
+    assert "ZCA whitening" in card.text and "(x - mean) @ matrix" in card.text
+    # the 8-bit previews undo the whitening with the inverse
+    syn, _ = load_synthetic(Layout(tmp_path).synthetic)
+    ds = load_dataset(str(folder), "ipc1", split="train", cache_dir=str(tmp_path / "cache"))
+    expected = (to_unit(syn.images[:1], prepared) * 255).round().to(torch.uint8)[0, 0]
+    assert isinstance(ds[0]["image"], Image.Image) and ds[0]["label"] == 0
+    assert torch.equal(torch.tensor(np.array(ds[0]["image"])), expected)
+    assert runner.invoke(app, ["validate", str(folder)]).exit_code == 0
+
+
 def test_validate_accepts_the_folder(mtt_folder: Path):
     result = runner.invoke(app, ["validate", str(mtt_folder)])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,95 @@
+"""Cross-architecture evaluation: the largest budget scored on each network of `evaluate.archs`, on digits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import TINY
+
+from distiller import pipeline
+from distiller._runtime import DistillerError
+from distiller.params import Params, params_from_dict
+from distiller.paths import Layout
+
+
+def _params(**evaluate: object) -> Params:
+    raw = json.loads(json.dumps(TINY))
+    raw["distill"] = {"ipc": 2, "budgets": [1]}
+    raw["evaluate"] = {**raw["evaluate"], "epochs": 2, "full_data_runs": 0, **evaluate}
+    return params_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Layout]:
+    p = _params(archs=["convnet", "alexnet"])
+    layout = Layout(tmp_path_factory.mktemp("archs"))
+    pipeline.download(p, layout)
+    pipeline.expert_buffer(p, layout)
+    pipeline.distill(p, layout)
+    return p, layout
+
+
+def test_metrics_report_every_architecture(distilled):
+    p, layout = distilled
+    metrics = pipeline.evaluate(p, layout)
+    assert metrics == json.loads(layout.evaluate_metrics.read_text())
+    archs = metrics["architectures"]
+    assert list(archs) == ["convnet", "alexnet"]
+    for r in archs.values():
+        assert set(r) == {"mean", "std", "runs"} and len(r["runs"]) == p.evaluate.num_eval
+        assert all(0 <= a <= 1 for a in r["runs"])
+    # the distillation architecture's entry is the main result, trained once; only the largest budget goes to the zoo
+    assert archs["convnet"] == metrics["accuracy"] == metrics["budgets"]["2"]["distilled"]
+    assert "alexnet ipc 2" in metrics["seconds"] and "convnet ipc 2" not in metrics["seconds"]
+    assert not any(name.startswith("alexnet ipc 1") for name in metrics["seconds"])
+    assert metrics["protocol"]["architecture"]["arch"] == "convnet"
+
+    folder = pipeline.package_stage(p, layout)
+    card = (folder / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])["distiller"]
+    assert set(meta["cross_architecture"]) == {"convnet", "alexnet"}
+    assert meta["protocol"]["architectures"]["alexnet"]["norm"] == "none"
+    assert meta["protocol"]["architectures"]["convnet"] == meta["protocol"]["architecture"]
+    assert "### Cross-architecture" in card and "| convnet (distillation) |" in card and "| alexnet |" in card
+
+
+def test_default_is_the_distillation_architecture_alone(distilled):
+    p, layout = distilled
+    p = dataclasses.replace(p, evaluate=dataclasses.replace(p.evaluate, archs=()))
+    metrics = pipeline.evaluate(p, layout)
+    assert metrics["architectures"] == {"convnet": metrics["accuracy"]}
+    meta = yaml.safe_load((pipeline.package_stage(p, layout) / "README.md").read_text().split("---")[1])["distiller"]
+    assert "cross_architecture" not in meta and "architectures" not in meta["protocol"]
+
+
+def test_an_architecture_too_big_for_the_images_fails_before_training(distilled, monkeypatch):
+    p, layout = distilled
+    p = dataclasses.replace(p, evaluate=dataclasses.replace(p.evaluate, archs=("convnet", "vgg11")))
+    monkeypatch.setattr(pipeline, "score", lambda *a, **k: pytest.fail("trained before checking the architectures"))
+    with pytest.raises(DistillerError, match=r"vgg11 needs images of at least 32x32 .*got 8x8"):
+        pipeline.evaluate(p, layout)
+
+
+def test_distillation_refuses_another_architecture(tmp_path: Path):
+    p = dataclasses.replace(_params(), model=dataclasses.replace(_params().model, arch="resnet18"))
+    for stage in (pipeline.expert_buffer, pipeline.distill):
+        with pytest.raises(DistillerError, match="experts and distillation use the convnet; list other"):
+            stage(p, Layout(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("archs", "message"),
+    [
+        (["resnet"], "evaluate.archs[0] must be one of 'convnet', 'resnet18'"),
+        ("resnet18", "evaluate.archs must be a list of 'convnet', 'resnet18'"),
+        (["alexnet", "alexnet"], "evaluate.archs lists an architecture twice"),
+    ],
+)
+def test_bad_archs_name_the_key(archs, message):
+    with pytest.raises(DistillerError) as err:
+        _params(archs=archs)
+    assert message in str(err.value)
