@@ -54,6 +54,56 @@ def forward(model: nn.Module, params: dict[str, Tensor], x: Tensor, kernels: Ker
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# stacked forward: one pass of the architecture over all K minibatches, parameterised ops split per network
+
+
+def stackable(model: nn.Module) -> bool:
+    """Whether every parameter is a weight or bias of a layer whose forward takes the activations first (Conv2d,
+    Linear, GroupNorm): those calls are the only ones `stacked_forward` has to split per network."""
+    owners = (nn.Conv2d, nn.Linear, nn.GroupNorm)
+    return all(isinstance(m, owners) for m in model.modules() if next(m.parameters(recurse=False), None) is not None)
+
+
+def stacked_forward(models: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """Outputs (K * B, ...) of network k on x[k * B : (k + 1) * B] for every k, x (K * B, C, H, W).
+
+    `models[0]` runs once on the whole stack. Every call that takes one of its parameters (a convolution, a linear
+    layer, a norm) runs once per network instead, on that network's B rows with that network's own parameters, and the
+    K results are concatenated; every parameter-free op (ReLU, pooling, flatten, residual adds) runs once over all
+    K * B images, where it acts image by image. Each network therefore makes exactly the parameterised calls it makes
+    alone, on tensors of the same shape and layout, and gets the same bits."""
+    per_network = {id(ps[0]): ps for ps in zip(*(m.parameters() for m in models), strict=True)}
+    with _SplitPerNetwork(len(models), per_network):
+        return models[0](x)
+
+
+class _SplitPerNetwork(TorchFunctionMode):
+    """Runs every call that takes a parameter of the first network once per network (see `stacked_forward`)."""
+
+    def __init__(self, k: int, per_network: dict[int, tuple[Tensor, ...]]) -> None:
+        super().__init__()
+        self.k, self.per_network = k, per_network
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        pn = self.per_network
+        takes_parameter = any(id(a) in pn for a in args) or any(id(a) in pn for a in kwargs.values())
+        if not takes_parameter or getattr(func, "__name__", "") == "__get__":  # parameter-free, or e.g. weight.shape
+            return func(*args, **kwargs)
+        if not args or id(args[0]) in pn:
+            raise TypeError(f"{func} takes a parameter first: cannot split it per network")
+        x, rest = args[0], args[1:]
+        outs = []
+        for k, xk in enumerate(x.split(len(x) // self.k)):
+            if xk.device.type == "cpu" and xk.data_ptr() % 64:  # where a fresh (B, ...) tensor would start
+                xk = xk.clone()
+            ak = [pn[id(a)][k] if id(a) in pn else a for a in rest]
+            kk = {n: pn[id(a)][k] if id(a) in pn else a for n, a in kwargs.items()}
+            outs.append(func(xk, *ak, **kk))
+        return torch.cat(outs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # per-network kernels: custom ops whose vmap rule makes the plain call once per network
 
 

@@ -295,8 +295,12 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted for floats, nothing else is converted."""
+    """Check `value` against the annotation `tp`; ints are accepted for floats, and so is exponent notation without a
+    dot (`1e-5`), which YAML 1.1 reads as a string; nothing else is converted."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -313,6 +317,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         inner = typing.get_args(tp)[0]
         return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
     elif tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif tp is int:

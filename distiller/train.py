@@ -17,6 +17,8 @@ from torch import nn
 from distiller import batched
 from distiller.augment import dsa, dsa_many
 from distiller.params import AugmentParams
+import os
+_VARIANT = os.environ.get('DISTILLER_VARIANT', 'stacked')
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,9 @@ def train_many(
         train(models[0], images, labels, cfg, augment, gens[0], on_epoch)
         return
     batched.check_stackable(models[0])
-    params = [list(m.parameters()) for m in models]
-    opt = _optimizer([p for ps in params for p in ps], cfg)
-    n = len(images)
+    stacked = kernels == "exact" and batched.stackable(models[0])
+    k, n = len(models), len(images)
+    opt = _optimizer([p for m in models for p in m.parameters()], cfg, foreach=True)
     for m in models:
         m.train()
     for epoch in range(1, cfg.epochs + 1):
@@ -92,10 +94,16 @@ def train_many(
             x = images[idx]  # (K, B, C, H, W)
             if augment is not None:
                 x = dsa_many(x, augment, gens)
-            logits = batched.forward(models[0], batched.stack(models), x, kernels)  # (K, B, classes)
-            losses = [F.cross_entropy(out, y) for out, y in zip(logits.unbind(), labels[idx].unbind(), strict=True)]
+            if _VARIANT == "lists":
+                logits = torch.cat([m(xk) for m, xk in zip(models, x.unbind(), strict=True)])
+            elif stacked:
+                logits = batched.stacked_forward(models, x.flatten(0, 1))  # (K * B, classes)
+            else:
+                logits = batched.forward(models[0], batched.stack(models), x, kernels).flatten(0, 1)
+            y = labels[idx].flatten(0, 1)  # (K * B) or (K * B, classes)
+            loss = F.cross_entropy(logits, y, reduction="none").view(k, -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
-            torch.stack(losses).sum().backward()
+            loss.backward()
             opt.step()
         if on_epoch is not None:
             on_epoch(epoch)
@@ -109,10 +117,10 @@ def networks_at_once(parallel: int, count: int, device: torch.device) -> int:
     return max(1, min(parallel, count))
 
 
-def _optimizer(params: list[torch.Tensor], cfg: SGDConfig) -> torch.optim.Optimizer:
+def _optimizer(params: list[torch.Tensor], cfg: SGDConfig, foreach: bool | None = None) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=foreach)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=foreach)
 
 
 def _schedule(opt: torch.optim.Optimizer, cfg: SGDConfig, epoch: int) -> None:

@@ -80,3 +80,12 @@ def test_overrides_and_file_errors(tmp_path):
 def test_to_dict_round_trips():
     p = params_from_dict({"distill": {"ipc": 3}, "seed": 7})
     assert params_from_dict(to_dict(p)) == p
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads `1e-5` as a string; a float param takes it as the number it obviously is
+    path = tmp_path / "params.yaml"
+    path.write_text("mtt:\n  lr_lr: 1e-5\n")
+    assert load_params(path, {"expert.lr": "2E-2"}).mtt.lr_lr == 1e-5
+    with pytest.raises(DistillerError, match="mtt.lr_lr"):
+        load_params(path, {"mtt.lr_lr": "fast"})
