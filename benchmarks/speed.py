@@ -18,10 +18,11 @@ the default DSA):
   10 classes) with a depth-3 ConvNet of width 64 and of width 128.
 
 "one at a time" is `train.train` on one `nn.Module` after another (the plain path); "at once (exact)" is
-`train.train_many` with per-network kernels (bitwise equal to it on the CPU); "at once (grouped)" uses vmap's own
-grouped kernels (equal only up to rounding). Throughput counts training images seen (networks x epochs x set size) per
-second. Peak memory: CUDA's `max_memory_allocated` per measurement; on the CPU the process's peak resident set (reset
-before each measurement through /proc/self/clear_refs where Linux allows it, otherwise the peak so far).
+`train.train_many` with each network's own forward in one shared step (bitwise equal to it on the CPU); "at once
+(grouped)" is its vmapped forward with vmap's own grouped kernels (equal only up to rounding). Throughput counts
+training images seen (networks x epochs x set size) per second. Peak memory: CUDA's `max_memory_allocated` per
+measurement; on the CPU the process's peak resident set (reset before each measurement through /proc/self/clear_refs
+where Linux allows it, otherwise the peak so far).
 """
 
 from __future__ import annotations

@@ -93,9 +93,7 @@ class ExpertParams:
     batch_size: int = _f(256, "expert minibatch", ge=1)
     augment: bool = _f(True, "DSA on while training experts")
     checkpoint_every: int = _f(1, "experts between checkpoints of the stage (0: none); a rerun resumes", ge=0)
-    parallel: int = _f(
-        0, "experts trained at once (0: all on a GPU, one at a time on the CPU); the experts do not depend on it", ge=0
-    )
+    parallel: int = _f(0, "experts trained at once (0: all, 1: one at a time); the experts do not depend on it", ge=0)
 
 
 @dataclass(frozen=True)
@@ -183,9 +181,7 @@ class EvaluateParams:
     full_data_runs: int = _f(1, "networks trained on the full training set (0 skips the baseline)", ge=0)
     full_data_epochs: int = _f(100, "epochs for the full-data baseline (0: the same as `epochs`)", ge=0)
     test_batch_size: int = _f(1024, "test-time batch (no effect on results)", ge=1)
-    parallel: int = _f(
-        0, "networks trained at once (0: all on a GPU, one at a time on the CPU); the scores do not depend on it", ge=0
-    )
+    parallel: int = _f(0, "networks trained at once (0: all, 1: one at a time); the scores do not depend on it", ge=0)
     archs: tuple[Arch, ...] = _f(
         (),
         "architectures the largest budget is also scored on, same protocol and seeds (empty: model.arch only)",

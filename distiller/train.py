@@ -2,7 +2,8 @@
 
 Data stays resident on the device as one tensor; each epoch is a permutation drawn from the run's generator cut into
 minibatches (the last one may be short, as a shuffling DataLoader gives). `train_many` trains several networks of one
-architecture at once (see `batched`), each exactly as `train` would train it alone with its own generator.
+architecture at once, one shared step per minibatch, each exactly as `train` would train it alone with its own
+generator.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from torch import nn
 from distiller import batched
 from distiller.augment import dsa, dsa_many
 from distiller.params import AugmentParams
-import os
-_VARIANT = os.environ.get('DISTILLER_VARIANT', 'stacked')
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,12 @@ def train(
             on_epoch(epoch)
 
 
+# Above this many input values in the K minibatches, K graphs alive at once outgrow the CPU's caches and one backward
+# per network beats one for all: for 5 default ConvNets on 8x8 digits (a 2-core Xeon), one backward is 1.28x faster
+# than `train` one at a time at 10 images per network, 1.09x at 30 and 0.94x at 50, against 1.16x, 1.06x and 1.04x.
+_SHARED_GRAPH_MAX_INPUTS = 8192
+
+
 def train_many(
     models: Sequence[nn.Module],
     images: torch.Tensor,
@@ -73,15 +78,24 @@ def train_many(
 ) -> None:
     """Train K networks of one architecture in place at once, network k exactly as `train(models[k], ..., gens[k])`.
 
-    Every network keeps its own initialisation, generator (minibatch order, augmentation draws) and optimiser state;
-    one optimiser steps all of them, which is the same per-tensor arithmetic. Each step gathers the K minibatches,
-    augments them with one `dsa_many` call, runs one vmapped forward (`batched.forward`) and one backward of the sum
-    of the K mean losses (each network's gradient is its own loss's). `on_epoch(e)` runs once per epoch for all."""
+    Every network keeps its own initialisation, generator (minibatch order, augmentation draws) and optimiser state.
+    What is shared is the per-step bookkeeping, not the arithmetic: one gather of the K minibatches, one `dsa_many`
+    call, one loss and one backward (on the CPU, for small minibatches only; see `_SHARED_GRAPH_MAX_INPUTS`) and one
+    optimiser step over all K parameter lists. The optimiser runs its `foreach` implementation, which makes the
+    per-tensor calls of the loop that `train` runs on the CPU.
+
+    kernels "exact": each network runs its own forward on its own minibatch, the very calls it makes alone (buffers
+    such as running statistics included), so the numbers are bitwise those of `train` (tested on the CPU). The loss
+    is the sum over networks of each one's mean cross-entropy over its own minibatch: d(sum)/d(loss_k) = 1, so each
+    network gets the gradient of its own loss. Stacking the networks' parameter-free ops (ReLU, pooling) into one
+    call saves nothing on the CPU, where their cost is per image. kernels "grouped": one vmapped forward
+    (`batched.forward`) of buffer-free networks, equal only up to rounding.
+    `on_epoch(e)` runs once per epoch for all."""
     if len(models) == 1:
         train(models[0], images, labels, cfg, augment, gens[0], on_epoch)
         return
-    batched.check_stackable(models[0])
-    stacked = kernels == "exact" and batched.stackable(models[0])
+    if kernels == "grouped":
+        batched.check_stackable(models[0])
     k, n = len(models), len(images)
     opt = _optimizer([p for m in models for p in m.parameters()], cfg, foreach=True)
     for m in models:
@@ -94,26 +108,27 @@ def train_many(
             x = images[idx]  # (K, B, C, H, W)
             if augment is not None:
                 x = dsa_many(x, augment, gens)
-            if _VARIANT == "lists":
-                logits = torch.cat([m(xk) for m, xk in zip(models, x.unbind(), strict=True)])
-            elif stacked:
-                logits = batched.stacked_forward(models, x.flatten(0, 1))  # (K * B, classes)
-            else:
-                logits = batched.forward(models[0], batched.stack(models), x, kernels).flatten(0, 1)
-            y = labels[idx].flatten(0, 1)  # (K * B) or (K * B, classes)
-            loss = F.cross_entropy(logits, y, reduction="none").view(k, -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if kernels == "exact" and images.device.type == "cpu" and x.numel() > _SHARED_GRAPH_MAX_INPUTS:
+                for m, xk, yk in zip(models, x.unbind(), labels[idx].unbind(), strict=True):
+                    F.cross_entropy(m(xk), yk).backward()  # frees each network's graph before the next forward
+            else:
+                if kernels == "exact":
+                    logits = torch.cat([m(xk) for m, xk in zip(models, x.unbind(), strict=True)])  # (K * B, classes)
+                else:
+                    logits = batched.forward(models[0], batched.stack(models), x).flatten(0, 1)
+                y = labels[idx].flatten(0, 1)  # (K * B) hard labels or (K * B, classes) distributions
+                F.cross_entropy(logits, y, reduction="none").view(k, -1).mean(1).sum().backward()
             opt.step()
         if on_epoch is not None:
             on_epoch(epoch)
 
 
 def networks_at_once(parallel: int, count: int, device: torch.device) -> int:
-    """How many of `count` networks to train at once: `parallel`, or with 0 all of them on a GPU and one at a time on
-    the CPU, where the convolutions' arithmetic dominates and stacking saves little (see benchmarks/RESULTS.md)."""
+    """How many of `count` networks to train at once: `parallel`, or with 0 all of them (on the CPU the gain is
+    modest, 1.1-1.4x, because each network's convolutions dominate; see benchmarks/RESULTS.md)."""
     if parallel == 0:
-        return count if device.type == "cuda" else 1
+        return count
     return max(1, min(parallel, count))
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from distiller import batched, experts, pipeline
+from distiller import train as train_module
 from distiller._runtime import generator
 from distiller.augment import dsa, dsa_many
 from distiller.evaluate import protocol_for, score
@@ -78,6 +79,18 @@ def test_networks_without_norm_and_outside_the_model_factory(digits):
     assert _same(*_train_both(plain, x, y, dataclasses.replace(cfg, optimizer="adam"), None))
 
 
+@pytest.mark.parametrize("shared_graph", [True, False])
+def test_soft_labels_and_a_short_last_minibatch(digits, monkeypatch, shared_graph):
+    """Label distributions (a distilled set's soft labels) and minibatches of 8, 8 and 4: each network's gradient is
+    its own mean loss's, with one backward for all networks and with one per network."""
+    monkeypatch.setattr(train_module, "_SHARED_GRAPH_MAX_INPUTS", 10**9 if shared_graph else 0)
+    x = digits.train_images[:20]
+    y = torch.softmax(torch.randn(20, 10, generator=generator(0, "soft")), 1)
+    cfg = SGDConfig(epochs=3, lr=0.05, batch_size=8, momentum=0.9, weight_decay=5e-4, decay_at_half=True)
+    make = lambda i: build_model(ModelParams(width=8), digits.image_shape, 10, generator(0, "init", i))
+    assert _same(*_train_both(make, x, y, cfg, AugmentParams()))
+
+
 SLOW = pytest.mark.slow
 
 
@@ -97,12 +110,22 @@ def test_zoo_networks_trained_at_once_equal_one_at_a_time(arch, shape):
     assert _same(*_train_both(make, x, y, cfg, AugmentParams(), k=2))
 
 
-def test_networks_with_buffers_are_refused(digits):
-    nets = [nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10)) for _ in range(2)]
-    cfg = SGDConfig(epochs=1, lr=0.1, batch_size=8)
+def test_networks_with_buffers_train_exactly_and_are_refused_by_vmap(digits):
+    """Each network's own forward updates its own running statistics; a functional vmap call cannot carry them."""
+
+    def with_batchnorm(i: int) -> nn.Module:
+        torch.manual_seed(i)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10))
+
+    x, y = digits.train_images[:20], digits.train_labels[:20]
+    cfg = SGDConfig(epochs=2, lr=0.1, batch_size=8, momentum=0.9)
+    alone, together = _train_both(with_batchnorm, x, y, cfg, AugmentParams())
+    assert _same(alone, together)
+    pairs = zip(alone, together, strict=True)
+    assert all(torch.equal(a, b) for m, n in pairs for a, b in zip(m.buffers(), n.buffers(), strict=True))
     gens = [generator(0, i) for i in range(2)]
     with pytest.raises(ValueError, match="buffers"):
-        train_many(nets, digits.train_images[:8], digits.train_labels[:8], cfg, None, gens)
+        train_many(together[:2], x, y, cfg, None, gens, kernels="grouped")
 
 
 @pytest.mark.parametrize("mode", ["single", "all"])
@@ -119,10 +142,8 @@ def test_dsa_many_draws_each_batch_from_its_own_generator(mode):
 def test_grouped_kernels_agree_to_rounding(digits):
     nets = [build_model(ModelParams(width=8), digits.image_shape, 10, generator(0, "init", i)) for i in range(3)]
     x = digits.train_images[:15].view(3, 5, *digits.image_shape)
-    params = batched.stack(nets)
-    exact, grouped = (batched.forward(nets[0], params, x, kernels) for kernels in ("exact", "grouped"))
-    assert torch.equal(exact, torch.stack([net(x[k]) for k, net in enumerate(nets)]))
-    assert torch.allclose(exact, grouped, atol=1e-5)
+    grouped = batched.forward(nets[0], batched.stack(nets), x)
+    assert torch.allclose(torch.stack([net(x[k]) for k, net in enumerate(nets)]), grouped, atol=1e-5)
 
 
 def test_expert_buffer_resumes_group_checkpoints_under_another_parallel(tmp_path, tiny, monkeypatch):
@@ -161,7 +182,7 @@ def test_expert_buffer_resumes_group_checkpoints_under_another_parallel(tmp_path
         assert all(torch.equal(a[k], b[k]) for a, b in zip(mine, theirs, strict=True) for k in a)
 
 
-def test_networks_at_once_auto_is_all_on_gpu_and_one_on_cpu():
+def test_networks_at_once_auto_is_all():
     assert networks_at_once(0, 5, torch.device("cuda")) == 5
-    assert networks_at_once(0, 5, CPU) == 1
+    assert networks_at_once(0, 5, CPU) == 5 and networks_at_once(1, 5, CPU) == 1
     assert networks_at_once(4, 5, CPU) == 4 and networks_at_once(8, 5, CPU) == 5

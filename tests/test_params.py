@@ -87,5 +87,5 @@ def test_exponent_without_dot_is_a_number(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("mtt:\n  lr_lr: 1e-5\n")
     assert load_params(path, {"expert.lr": "2E-2"}).mtt.lr_lr == 1e-5
-    with pytest.raises(DistillerError, match="mtt.lr_lr"):
+    with pytest.raises(DistillerError, match=r"mtt\.lr_lr"):
         load_params(path, {"mtt.lr_lr": "fast"})
