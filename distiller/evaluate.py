@@ -12,7 +12,6 @@ Two protocols, chosen by the method that made the set and applied to the set and
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +20,7 @@ from distiller import augment, models, ratbptt
 from distiller._runtime import SILENT, Reporter, generator
 from distiller.data import Prepared
 from distiller.params import AugmentParams, Params
-from distiller.train import SGDConfig, accuracy, networks_at_once, train_many
+from distiller.train import SGDConfig, accuracy, epoch_ticks, networks_at_once, train_many
 
 
 @dataclass(frozen=True)
@@ -155,7 +154,7 @@ def score(
     advance = progress.task(description, runs * cfg.epochs)
     images, targets = images.to(device), targets.to(device)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
-    at_once = networks_at_once(p.evaluate.parallel, runs, device)
+    at_once = networks_at_once(p.evaluate.parallel, runs)
     accs = []
     for first in range(0, runs, at_once):
         group = range(first, min(first + at_once, runs))
@@ -164,14 +163,9 @@ def score(
             for i in group
         ]
         gens = [generator(p.seed, "eval-train", i, device=device) for i in group]
-        train_many(nets, images, targets, cfg, proto.augment, gens, on_epoch=_ticks(advance, len(nets)))
+        train_many(nets, images, targets, cfg, proto.augment, gens, on_epoch=epoch_ticks(advance, len(nets)))
         accs += [accuracy(net, test_images, test_labels, p.evaluate.test_batch_size) for net in nets]
     return EvalResult(tuple(accs))
-
-
-def _ticks(advance: Callable[[int], None], k: int) -> Callable[[int], None]:
-    """Progress after one epoch of a group of k networks: k network-epochs."""
-    return lambda _: advance(k)
 
 
 def protocol(p: Params, data: Prepared, proto: Protocol) -> dict[str, object]:

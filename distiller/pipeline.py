@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from distiller.data import Prepared, load_prepared, prepare, save_prepared
 from distiller.evaluate import EvalResult, protocol, protocol_for, score
 from distiller.params import Params, effective_budgets, to_dict
 from distiller.paths import Layout
-from distiller.train import networks_at_once
+from distiller.train import epoch_ticks, networks_at_once
 
 
 def provenance(p: Params, **extra: object) -> dict[str, object]:
@@ -72,7 +71,7 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
     # checkpointed whole after their group and a rerun trains only the missing ones
     key = ckpt.fingerprint(info, dataclasses.replace(p.expert, checkpoint_every=0, parallel=0), str(device))
     store = ckpt.Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every)
-    at_once = networks_at_once(p.expert.parallel, n, device)
+    at_once = networks_at_once(p.expert.parallel, n)
     accuracies = []
     with atomic_dir(layout.experts_dir) as out:
         for first in range(0, n, at_once):
@@ -85,7 +84,7 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
                     advance(p.expert.epochs)
             missing = [i for i in group if i not in results]
             if missing:
-                tick = functools.partial(_advance, advance, len(missing))
+                tick = epoch_ticks(advance, len(missing))
                 fresh = experts.train_experts(data, p.model, p.expert, p.augment, p.seed, missing, device, tick)
                 for i, (trajectory, acc) in zip(missing, fresh, strict=True):
                     results[i] = trajectory, acc
@@ -98,11 +97,6 @@ def expert_buffer(p: Params, layout: Layout, progress: Reporter = SILENT) -> lis
         experts.write_manifest(out, info, accuracies)
     store.clear()
     return accuracies
-
-
-def _advance(advance: Callable[[int], None], k: int, epoch: int) -> None:
-    """Progress after one epoch of k networks trained at once."""
-    advance(k)
 
 
 def _require_convnet(p: Params) -> None:

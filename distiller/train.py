@@ -124,12 +124,17 @@ def train_many(
             on_epoch(epoch)
 
 
-def networks_at_once(parallel: int, count: int, device: torch.device) -> int:
+def networks_at_once(parallel: int, count: int) -> int:
     """How many of `count` networks to train at once: `parallel`, or with 0 all of them (on the CPU the gain is
     modest, 1.1-1.4x, because each network's convolutions dominate; see benchmarks/RESULTS.md)."""
     if parallel == 0:
         return count
     return max(1, min(parallel, count))
+
+
+def epoch_ticks(advance: Callable[[int], None], k: int) -> Callable[[int], None]:
+    """An `on_epoch` for k networks trained at once: k network-epochs of progress after each epoch."""
+    return lambda _epoch: advance(k)
 
 
 def _optimizer(params: list[torch.Tensor], cfg: SGDConfig, foreach: bool | None = None) -> torch.optim.Optimizer:
