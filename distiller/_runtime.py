@@ -160,12 +160,15 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in chunks (MD5 only as a checksum, e.g. torchvision's archive sums)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.new(algorithm, usedforsecurity=False)).hexdigest()
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first message line (its type name when the message is empty): errors are printed as one line."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def sha256_tensors(*tensors: torch.Tensor) -> str:
@@ -234,9 +237,7 @@ def load_safetensors(
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise DistillerError(
-            f"{path}: cannot read {what} ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-        ) from None
+        raise DistillerError(f"{path}: cannot read {what} ({first_line(e)})") from None
     if meta.get("format") != fmt:
         raise DistillerError(f"{path}: not a {what} file (format '{meta.get('format')}', expected '{fmt}')")
     if meta.get("format_version") != version:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from distiller._runtime import DistillerError
+from distiller._runtime import DistillerError, first_line
 from distiller.params import SEMVER
 
 REQUIRED_CARD = ("license", "task_categories", "size_categories", "source_datasets", "tags", "pretty_name")
@@ -95,7 +95,7 @@ def _load(folder: Path, name: str, cache: str) -> Any:
             raise DistillerError(
                 f"{folder / name}: {counts[1]} rows, but the card's dataset_info says {counts[0]}"
             ) from None
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise DistillerError(f"{folder / name}: config '{name}' does not load ({first})") from None
 
 
@@ -126,7 +126,7 @@ def _card(card_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         card = DatasetCard.load(card_path)
     except Exception as e:  # the card parser raises ValueError, YAMLError, ... for a broken front matter
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise DistillerError(f"{card_path}: the card does not parse ({first})") from None
     data = card.data.to_dict()
     missing = [k for k in REQUIRED_CARD if not data.get(k)]
@@ -283,7 +283,7 @@ def _hub_error(e: Exception, repo_id: str, tag: str, token: str) -> str:
     elif isinstance(e, HfHubHTTPError) and status == 409:
         text = f"the Hub refused {tag} on {repo_id} (409: it exists); bump package.version and rebuild"
     elif isinstance(e, HfHubHTTPError):
-        text = f"the Hub answered {status} for {repo_id}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        text = f"the Hub answered {status} for {repo_id}: {first_line(e)}"
     else:
         text = f"cannot reach the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return text.replace(token, "***") if token else text

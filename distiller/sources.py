@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import hashlib
 import pickle
 import shutil
 import tarfile
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from distiller._runtime import DistillerError, atomic_path
+from distiller._runtime import DistillerError, atomic_path, file_digest
 from distiller.params import DataParams
 
 
@@ -205,11 +204,7 @@ def _reason(e: BaseException, last: bool = False) -> str:
 
 
 def md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _check(path: Path, expected: str, source: str, fix: str = "replace it with the original archive") -> None:
