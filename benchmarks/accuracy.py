@@ -6,15 +6,14 @@
 Each setting is a dataset, a method, an IPC and the parameter overrides that make it (on top of params.yaml). The run
 goes through the `distiller` command line exactly as a user would type it, in its own project folder
 (`--workdir`, default `runs/<setting>`): `download --from DIR` (archives copied in and checked), `expert-buffer`,
-`distill`, `evaluate`. It prints a table (stage times, accuracy, random-real baseline, published figure from
-methods.md) and appends the same figures, the device, the date and the command to benchmarks/RESULTS.md.
+`distill`, `evaluate`. It prints a table (stage times, accuracy, random-real baseline, published figure, see
+docs/methods.md) and records the same figures, the device, the date and the command in docs/log.md.
 Stages already complete in the workdir are rerun only if `--fresh` is given (the folder is then emptied first).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from speed import device_name  # noqa: E402  (a sibling script)
+from record import record  # noqa: E402  (a sibling script)
 
 from distiller._runtime import resolve_device  # noqa: E402
 
@@ -38,11 +37,11 @@ class Setting:
     method: str
     ipc: int
     overrides: dict[str, object]
-    published: str  # mean +- std from methods.md, or why there is none
+    published: str  # mean +- std from the paper (docs/methods.md), or why there is none
     note: str = ""
 
 
-# MNIST / Fashion-MNIST: methods.md 2.9 -- no MTT or RaT-BPTT settings or accuracies are confirmed for them; these are
+# MNIST / Fashion-MNIST: no MTT or RaT-BPTT settings or accuracies are confirmed for them (docs/methods.md); these are
 # our own, by analogy with the CIFAR-10 rows without ZCA (N 50, M 2, T+ 2 at IPC 1; N 30, M 2, T+ 15 at IPC 10).
 _MNIST_MODEL = {"model.depth": 3, "model.width": 128}
 _NO_FLIP = {"augment.strategy": "color_crop_cutout_scale_rotate"}
@@ -89,7 +88,7 @@ def _grey(source: str, method: str, ipc: int) -> Setting:
         body = {**_RAT, "ratbptt.iterations": 2000}
     flips = _NO_FLIP if source == "mnist" else {}
     overrides = {**_budgets(ipc), **flips, **_MNIST_MODEL, **body, **_EVAL_FULL}
-    return Setting(source, method, ipc, overrides, f"not confirmed (methods.md {'2.9' if method == 'mtt' else '3.5'})")
+    return Setting(source, method, ipc, overrides, "not confirmed (docs/methods.md)")
 
 
 SETTINGS: dict[str, Setting] = {
@@ -110,7 +109,7 @@ SETTINGS: dict[str, Setting] = {
             "mtt.iterations": 300,
             "evaluate.full_data_runs": 0,
         },
-        "not confirmed (methods.md 2.9)",
+        "not confirmed (docs/methods.md)",
         "reduced for a CPU: ConvNet width 64 (not 128), 4 experts x 3 epochs, 300 outer iterations, "
         "no full-data baseline",
     ),
@@ -120,7 +119,7 @@ SETTINGS: dict[str, Setting] = {
         for source in ("mnist", "fashion-mnist")
         for ipc in (1, 10)
     },
-    # CIFAR-10, the paper rows (methods.md 2.5 and 3.4)
+    # CIFAR-10, the paper rows (docs/methods.md)
     "cifar10-mtt-ipc1": Setting(
         "cifar10",
         "mtt",
@@ -158,7 +157,7 @@ SETTINGS: dict[str, Setting] = {
             "ratbptt.augment": "flip_rotate",
             "ratbptt.iterations": 20000,
         },
-        "69.4 +- 0.4 (as quoted, methods.md 3.5)",
+        "69.4 +- 0.4 (as quoted, docs/methods.md)",
     ),
 }
 
@@ -182,7 +181,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--fresh", action="store_true", help="empty the workdir first")
-    ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-record", action="store_true", help="do not append to docs/log.md")
     args = ap.parse_args()
     if args.list or not args.setting:
         for name, s in SETTINGS.items():
@@ -224,19 +223,15 @@ def main() -> None:
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     if args.no_record:
         return
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    device = device_name(resolve_device(args.device))
-    threads = args.threads or "default"
-    with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-        f.write(
-            f"\n- accuracy `{args.setting}` ({datetime.date.today()}, {device}, threads {threads}): `{command}`: "
-            f"{s.method} ipc {s.ipc} on {s.source}: {row['accuracy']} % (random real {row['random real']} %, full "
-            f"data {row['full data']}); published {s.published}. {total / 60:.1f} min in all ("
-            + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
-            + ")."
-            + (f" Settings: {s.note}." if s.note else "")
-            + "\n"
-        )
+    line = (
+        f"- `{args.setting}`, threads {args.threads or 'default'}: {s.method} ipc {s.ipc} on {s.source}: "
+        f"{row['accuracy']} % (random real {row['random real']} %, full data {row['full data']}); published "
+        f"{s.published}. {total / 60:.1f} min in all ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + ")."
+        + (f" Settings: {s.note}." if s.note else "")
+    )
+    record("Accuracy", line, resolve_device(args.device))
 
 
 if __name__ == "__main__":

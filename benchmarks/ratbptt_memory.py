@@ -5,21 +5,19 @@ autograd graph holds for the backward pass, when backward starts and at most (tr
 and device independent; aliases of one storage count once per save) and (b) the process's peak resident memory. The
 warm-up (T - W steps, forced by `placement: end`) frees each step's graph at once; the window keeps W steps' worth.
 
-    python benchmarks/ratbptt_memory.py                 # prints a table, appends it to benchmarks/RESULTS.md
+    python benchmarks/ratbptt_memory.py                 # prints a table, appends it to docs/log.md
     python benchmarks/ratbptt_memory.py --no-record     # print only
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import json
-import os
 import resource
 import subprocess
 import sys
 import weakref
-from pathlib import Path
 
 CONFIGS = [(40, 20), (160, 20), (40, 10), (40, 40)]  # (T, W): two T at equal W, then W varied at equal T
 
@@ -31,8 +29,8 @@ def measure(horizon: int, window: int, ipc: int) -> dict[str, float]:
     from distiller._runtime import configure_torch, generator
     from distiller.data import prepare
     from distiller.params import params_from_dict
-    from distiller.ratbptt import MetaBatch, augment_params, initial_images, ratbptt_meta_loss
-    from distiller.synthetic import class_major_labels
+    from distiller.ratbptt import MetaBatch, ratbptt_meta_loss
+    from distiller.synthetic import class_major_labels, initial_images
 
     configure_torch()
     p = params_from_dict({"ratbptt": {"horizon": horizon, "window": window, "placement": "end"}})
@@ -70,7 +68,7 @@ def measure(horizon: int, window: int, ipc: int) -> dict[str, float]:
             syn,
             *real,
             p.ratbptt,
-            augment_params(p.ratbptt, p.augment),
+            dataclasses.replace(p.augment, strategy=p.ratbptt.augment),
             horizon - window,
             generator(0, "batch"),
             generator(0, "aug"),
@@ -110,12 +108,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
-        head = (
-            f"\n### RaT-BPTT memory against T and W ({datetime.date.today()}, CPU, {os.cpu_count()} cores, "
-            f"digits IPC {args.ipc})\n\n`python benchmarks/ratbptt_memory.py --ipc {args.ipc}`\n\n"
-        )
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write(head + table + "\n")
+        from record import record
+
+        record(f"RaT-BPTT memory against T and W, digits IPC {args.ipc}", table)
 
 
 if __name__ == "__main__":

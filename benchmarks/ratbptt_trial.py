@@ -1,28 +1,30 @@
-"""One RaT-BPTT setting on digits at IPC 1, distilled with the pipeline's random streams and scored at several epochs.
+"""One RaT-BPTT setting on digits at IPC 1, distilled as the pipeline does and scored at several epochs.
 
     python benchmarks/ratbptt_trial.py -S ratbptt.soft_labels=true -S ratbptt.iterations=600 --epochs 300,1000
 
-Runs what `distiller distill -S distill.method=ratbptt -S distill.ipc=1 ...` runs (the first Boost-DD stage), then
-scores the set with the RaT-BPTT evaluation protocol (5 networks) for each number of epochs. Prints one line and
-appends it to benchmarks/RESULTS.md. `--threads` fixes torch's thread count (results depend on it in the last bits).
+Runs what `distiller distill -S distill.method=ratbptt -S distill.ipc=1 ...` runs (Boost-DD over the one budget 1,
+through the public `boost.boost`), then scores the set with the RaT-BPTT evaluation protocol (5 networks) for each
+number of epochs. Prints one line and records it in docs/log.md. `--threads` fixes torch's thread count (results
+depend on it in the last bits).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import os
 import time
 from pathlib import Path
 
 import torch
+from record import record
 
-from distiller import ratbptt
+from distiller import boost
 from distiller._runtime import configure_torch
+from distiller.config import parse_override
 from distiller.data import prepare
 from distiller.evaluate import protocol_for, score
-from distiller.params import load_params, parse_override
+from distiller.params import load_params
+from distiller.run import Context
 
 
 def main() -> None:
@@ -40,9 +42,8 @@ def main() -> None:
     p = load_params(args.params, overrides)
     data, device = prepare(p.data), torch.device("cpu")
     t0 = time.perf_counter()
-    syn, _ = ratbptt.distill(
-        data, p.ratbptt, p.model, p.augment, p.seed, 1, device, iterations=p.ratbptt.iterations, key="direct-1"
-    )
+    ctx = Context(data, p.model, p.augment, p.seed, device, p.guard)
+    syn = boost.boost(ctx, p.ratbptt, p.boost, (1,), references=False).boosted
     seconds = time.perf_counter() - t0
     results = []
     for epochs in (int(e) for e in args.epochs.split(",")):
@@ -54,12 +55,7 @@ def main() -> None:
     )
     print(line)
     if not args.no_record:
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write(
-                f"\n- RaT-BPTT IPC 1 trial ({datetime.date.today()}, CPU, {os.cpu_count()} cores, {args.threads} "
-                f"thread(s)): `python benchmarks/ratbptt_trial.py {' '.join('-S ' + o for o in args.overrides)} "
-                f"--epochs {args.epochs} --threads {args.threads}`: {line}\n"
-            )
+        record("RaT-BPTT IPC 1 trial on digits", f"- {line}")
 
 
 if __name__ == "__main__":

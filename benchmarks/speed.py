@@ -1,7 +1,7 @@
 """Speed: distillation iterations per second, and expert-buffer and evaluation throughput, one network at a time
 against several at once.
 
-    python benchmarks/speed.py --device auto --threads 1      # prints a table, appends it to benchmarks/RESULTS.md
+    python benchmarks/speed.py --device auto --threads 1      # prints a table, appends it to docs/log.md
     python benchmarks/speed.py --mnist-shaped --no-record     # also 1x28x28 random data at widths 64 and 128
 
 Fixed settings (digits, 8x8, 1347 training images; the default ConvNet: depth 2, width 64, instance norm, avg-pool;
@@ -29,39 +29,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
-import os
-import platform
 import resource
-import shlex
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from record import record
 
 from distiller import batched, evaluate, experts, models, mtt, ratbptt
 from distiller._runtime import configure_torch, generator, resolve_device
-from distiller.data import Prepared, prepare
+from distiller.buffer import ExpertBuffer
+from distiller.data import prepare
 from distiller.params import Params, params_from_dict
+from distiller.prepared import Prepared
+from distiller.run import Context
 from distiller.synthetic import real_subset
 from distiller.train import accuracy, train_many
 
 MiB = 2**20
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 class Meter:
@@ -125,16 +111,18 @@ def bench_mtt(data: Prepared, device: torch.device, meter: Meter) -> dict[str, o
         mtt={"iterations": 2, "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2},
     )
     trained = experts.train_experts(data, p.model, p.expert, p.augment, p.seed, [0, 1], device)
-    buffer = experts.ExpertBuffer([t for t, _ in trained], {})
-    mtt.distill(data, buffer, p, device)  # warm-up
-    p = dataclasses.replace(p, mtt=dataclasses.replace(p.mtt, iterations=10))
-    seconds, peak, _ = meter(lambda: mtt.distill(data, buffer, p, device))
+    buffer = ExpertBuffer([t for t, _ in trained], {})
+    ctx = Context(data, p.model, p.augment, p.seed, device)
+    mtt.distill(ctx, buffer, p.mtt, 10, p.expert.lr)  # warm-up
+    m = dataclasses.replace(p.mtt, iterations=10)
+    seconds, peak, _ = meter(lambda: mtt.distill(ctx, buffer, m, 10, p.expert.lr))
     return {"what": "MTT distill (ipc 10, N 20, M 2)", "mode": "-", "rate": 10 / seconds, "unit": "it/s", "peak": peak}
 
 
 def bench_ratbptt(data: Prepared, device: torch.device, meter: Meter) -> dict[str, object]:
     p = params(distill={"method": "ratbptt", "ipc": 10})
-    run = lambda n: ratbptt.distill(data, p.ratbptt, p.model, p.augment, p.seed, 10, device, iterations=n, key="speed")
+    ctx = Context(data, p.model, p.augment, p.seed, device)
+    run = lambda n: ratbptt.distill(ctx, p.ratbptt, 10, iterations=n, key="speed")
     run(1)  # warm-up
     seconds, peak, _ = meter(lambda: run(5))
     r = p.ratbptt
@@ -217,8 +205,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads (CPU)")
     ap.add_argument("--mnist-shaped", action="store_true", help="also random 1x28x28 data at widths 64 and 128")
     ap.add_argument("--skip-distill", action="store_true", help="only the expert and evaluation throughput")
-    ap.add_argument("--note", default="", help="added to the RESULTS.md heading (e.g. 'shared machine')")
-    ap.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--note", default="", help="added to the log's heading (e.g. 'shared machine')")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to docs/log.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     configure_torch()
@@ -242,14 +230,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if not args.no_record:
-        command = "python benchmarks/speed.py " + shlex.join(a for a in sys.argv[1:])
-        threads = f", {args.threads} thread(s)" if device.type == "cpu" else ""
-        note = f", {args.note}" if args.note else ""
-        heading = (
-            f"### Speed ({datetime.date.today()}, {device_name(device)}{threads}, torch {torch.__version__}{note})"
-        )
-        with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
-            f.write(f"\n{heading}\n\n`{command.strip()}`\n\n{text}\n")
+        record("Speed", text, device, args.note)
 
 
 if __name__ == "__main__":

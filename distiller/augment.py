@@ -149,7 +149,7 @@ Plan = list[tuple[str, Drawn]]  # the families applied in turn, each with its pe
 
 
 def families(p: AugmentParams) -> list[str]:
-    return [] if p.strategy == "none" else [f for f in p.strategy.split("_") if f]
+    return list(p.strategy.names)
 
 
 def draw(
@@ -211,7 +211,7 @@ def describe(p: AugmentParams) -> dict[str, object]:
     """The augmentation as plain data, for metrics and dataset cards."""
     return {
         "kind": "dsa",
-        "strategy": p.strategy,
+        "strategy": p.strategy.to_config(),
         "mode": p.mode,
         "draws": "per-sample",
         "scale": p.scale,

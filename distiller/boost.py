@@ -15,14 +15,10 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-import torch
-
 from distiller import ratbptt
-from distiller._runtime import SILENT, Reporter
-from distiller.checkpoint import Store
-from distiller.data import Prepared
-from distiller.params import Params, effective_budgets
-from distiller.ratbptt import RatCurves
+from distiller.params import BoostParams, RatBPTTParams
+from distiller.ratbptt import Boosting
+from distiller.run import Context, Curves
 from distiller.synthetic import SyntheticSet
 
 
@@ -31,76 +27,48 @@ class BoostResult:
     boosted: SyntheticSet  # ipc = the largest budget; budgets = the nested budgets
     stages: list[SyntheticSet]  # the set after each stage (stages[k] has budgets[k] images per class)
     direct: dict[int, SyntheticSet]  # budget -> set distilled directly at that budget (only what was asked for)
-    curves: dict[str, RatCurves]
+    curves: dict[str, Curves]  # by run: stage-<b> and direct-<b>
     seconds: dict[str, float]  # wall time of each run, by the same names as `curves`
 
 
-def boost(
-    data: Prepared,
-    p: Params,
-    device: torch.device,
-    *,
-    references: bool,
-    progress: Reporter = SILENT,
-    store: Store | None = None,
-) -> BoostResult:
-    """Boost through `effective_budgets(p.distill)`; with `references`, also distill directly at every budget.
+def boost(ctx: Context, r: RatBPTTParams, b: BoostParams, budgets: tuple[int, ...], *, references: bool) -> BoostResult:
+    """Boost through `budgets`; with `references`, also distill directly at every budget above the first.
 
-    With `store`, each finished run is checkpointed whole and each running one every `store.every` steps, so a rerun
-    after a kill skips the finished runs and resumes the interrupted one."""
-    budgets = effective_budgets(p.distill)
-    r = p.ratbptt
-    stage_iterations = p.boost.stage_iterations or r.iterations
-
-    seconds: dict[str, float] = {}
-
-    def run(
-        name: str, ipc: int, key: str, iterations: int, start: SyntheticSet | None = None
-    ) -> tuple[SyntheticSet, RatCurves]:
-        done = store.load(f"done-{name}") if store is not None else None
-        if done is not None:
-            seconds[name] = done.state["seconds"]
-            soft = done.tensors.get("soft_labels")
-            syn = SyntheticSet(done.tensors["images"], done.tensors["labels"], None, ipc, soft)
-            return syn, RatCurves(*done.state["curves"])
-        t0 = time.perf_counter()
-        out = ratbptt.distill(
-            data,
-            r,
-            p.model,
-            p.augment,
-            p.seed,
-            ipc,
-            device,
-            iterations=iterations,
-            key=key,
-            start=start,
-            beta=p.boost.beta,
-            beta_scales=p.boost.beta_scales,
-            progress=progress,
-            guard=p.guard,
-            store=store,
-        )
-        seconds[name] = round(time.perf_counter() - t0, 2)
-        if store is not None:
-            syn, curves = out
-            tensors = {"images": syn.images, "labels": syn.labels}
-            if syn.soft_labels is not None:
-                tensors["soft_labels"] = syn.soft_labels
-            store.save(f"done-{name}", tensors, {"seconds": seconds[name], "curves": curves.columns()})
-            store.path(key).unlink(missing_ok=True)
-        return out
-
-    first, first_curves = run(f"stage-{budgets[0]}", budgets[0], f"direct-{budgets[0]}", r.iterations)
-    stages, curves = [first], {f"stage-{budgets[0]}": first_curves}
-    for b in budgets[1:]:
-        stage, curves[f"stage-{b}"] = run(f"stage-{b}", b, f"boost-{b}", stage_iterations, start=stages[-1])
-        stages.append(stage)
-    direct = {budgets[0]: first}
-    if references:
-        for b in budgets[1:]:
-            direct[b], curves[f"direct-{b}"] = run(
-                f"direct-{b}", b, f"direct-{b}", p.boost.reference_iterations or r.iterations
-            )
+    With `ctx.store`, each finished run is kept whole and each running one checkpointed every `store.every` steps,
+    so a rerun after a kill skips the finished runs and resumes the interrupted one."""
+    runs = Runs(ctx, r)
+    stages = [runs.run(f"stage-{budgets[0]}", budgets[0], f"direct-{budgets[0]}", r.iterations)]
+    for k in budgets[1:]:
+        boosting = Boosting(stages[-1], b.beta, b.beta_scales)
+        stages.append(runs.run(f"stage-{k}", k, f"boost-{k}", b.stage_iterations or r.iterations, boosting))
+    direct = {budgets[0]: stages[0]}
+    for k in budgets[1:] if references else ():
+        direct[k] = runs.run(f"direct-{k}", k, f"direct-{k}", b.reference_iterations or r.iterations)
     boosted = dataclasses.replace(stages[-1], budgets=budgets)
-    return BoostResult(boosted=boosted, stages=stages, direct=direct, curves=curves, seconds=seconds)
+    return BoostResult(boosted, stages, direct, runs.curves, runs.seconds)
+
+
+class Runs:
+    """RaT-BPTT runs by name, each resumed whole from the checkpoint store once it has finished."""
+
+    def __init__(self, ctx: Context, r: RatBPTTParams) -> None:
+        self.ctx, self.r = ctx, r
+        self.curves: dict[str, Curves] = {}
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, ipc: int, key: str, iterations: int, boosting: Boosting | None = None) -> SyntheticSet:
+        store = self.ctx.store
+        done = store.finished(name) if store is not None else None
+        if done is not None:
+            self.seconds[name] = done.state["seconds"]
+            self.curves[name] = Curves(ratbptt.CURVES, done.state["curves"])
+            return SyntheticSet.from_tensors(done.tensors, None, ipc)
+        t0 = time.perf_counter()
+        syn, self.curves[name] = ratbptt.distill(
+            self.ctx, self.r, ipc, iterations=iterations, key=key, boosting=boosting
+        )
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        if store is not None:
+            state = {"seconds": self.seconds[name], "curves": self.curves[name].columns}
+            store.finish(name, syn.tensors(), state, running=key)
+        return syn

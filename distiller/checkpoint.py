@@ -7,32 +7,35 @@ Writes go to a temporary file that is fsynced and renamed over the previous chec
 either the old checkpoint or the new one, never half of one. Restoring every piece of state makes a resumed run
 bitwise equal to an uninterrupted one on the CPU.
 
-Checkpoints live in `.checkpoints/<stage>/` (git- and DVC-ignored, never a declared output) and are removed once the
-stage's outputs are complete.
+Two kinds of unit are checkpointed: a running loop (`Resumable`: everything it mutates, every `store.every` steps)
+and a finished piece of work (`Store.finish`: an expert, a Boost-DD run), kept whole so a rerun skips it. Checkpoints
+live in `.checkpoints/<stage>/` (git- and DVC-ignored, never a declared output) and are removed once the stage's
+outputs are complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from distiller._runtime import DistillerError, load_safetensors, save_safetensors
+from distiller.errors import DistillerError
+from distiller.files import load_safetensors, save_safetensors
 
 FORMAT = "distiller.checkpoint"
 FORMAT_VERSION = "1"
+LAYOUT = 2  # how a loop's state is laid out in the file; part of every fingerprint, so older layouts are stale
 
 
 def fingerprint(*parts: object) -> str:
     """What a run depends on, as one hash: a checkpoint is resumed only when it matches."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([LAYOUT, *parts], sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -71,60 +74,76 @@ class Store:
         return Saved(tensors, state)
 
     def save(self, name: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        if self.every <= 0:
-            return
-        save_safetensors(
-            self.path(name),
-            tensors,
-            FORMAT,
-            FORMAT_VERSION,
-            {"fingerprint": self.key, "state": json.dumps(state)},
-            before_rename=_pause_for_tests,
-        )
+        if self.every > 0:
+            meta = {"fingerprint": self.key, "state": json.dumps(state)}
+            save_safetensors(self.path(name), tensors, FORMAT, FORMAT_VERSION, meta)
+
+    def finished(self, name: str) -> Saved | None:
+        """A finished unit of work saved by `finish`, or None."""
+        return self.load(f"done-{name}")
+
+    def finish(self, name: str, tensors: dict[str, torch.Tensor], state: dict[str, Any], running: str = "") -> None:
+        """Keep a finished unit whole (and drop the checkpoint of the loop that made it, `running`)."""
+        self.save(f"done-{name}", tensors, state)
+        if running:
+            self.path(running).unlink(missing_ok=True)
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
-
-def _pause_for_tests() -> None:
-    """The reliability tests kill a run while a checkpoint is half-way (written, not yet renamed); this makes the
-    window wide enough to hit. Unset, it costs nothing."""
-    delay = os.environ.get("DISTILLER_TEST_CHECKPOINT_PAUSE")
-    if delay:
-        time.sleep(float(delay))
+    def summary(self) -> str:
+        """'; resumed from checkpoints (...)' when a unit of this run was resumed, else ''."""
+        runs = ", ".join(f"{name} after step {it}" if it else name for name, it in self.resumed.items())
+        return f"; resumed from checkpoints ({runs})" if runs else ""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# pieces of state as tensors and JSON
+class Resumable:
+    """The full state of one running loop, checkpointed under `name`: the tensors it updates in place (images, a
+    learned lr or labels), its torch optimisers, its generators, and JSON state the loop hands over (iteration,
+    curves, counters). Without a store it does nothing."""
 
+    def __init__(
+        self,
+        store: Store | None,
+        name: str,
+        tensors: Mapping[str, torch.Tensor],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        generators: Mapping[str, torch.Generator],
+    ) -> None:
+        self.store, self.name = store, name
+        self.tensors, self.optimizers, self.generators = tensors, optimizers, generators
 
-def generator_states(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    return {f"gen/{name}": g.get_state() for name, g in gens.items()}
+    def resume(self) -> dict[str, Any] | None:
+        """Restore everything from a matching checkpoint and return the loop's state, or None to start afresh."""
+        saved = self.store.load(self.name) if self.store is not None else None
+        if saved is None:
+            return None
+        with torch.no_grad():
+            for key, t in self.tensors.items():
+                t.copy_(saved.tensors[key])
+        for key, opt in self.optimizers.items():
+            prefix = f"opt/{key}/"
+            entries: dict[int, dict[str, torch.Tensor]] = {}
+            for k, v in saved.tensors.items():
+                if k.startswith(prefix):
+                    index, slot = k[len(prefix) :].split("/", 1)
+                    entries.setdefault(int(index), {})[slot] = v
+            opt.load_state_dict({"state": entries, "param_groups": saved.state["param_groups"][key]})
+        for key, g in self.generators.items():
+            g.set_state(saved.tensors[f"gen/{key}"])
+        return saved.state["loop"]
 
+    def due(self, iteration: int, last: int) -> bool:
+        return self.store is not None and self.store.due(iteration) and iteration < last
 
-def restore_generators(gens: dict[str, torch.Generator], tensors: dict[str, torch.Tensor]) -> None:
-    for name, g in gens.items():
-        g.set_state(tensors[f"gen/{name}"])
-
-
-def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A torch optimiser's state_dict split into tensors (moments, step counts) and JSON (param groups)."""
-    sd = opt.state_dict()
-    tensors = {
-        f"{prefix}/{index}/{key}": value
-        for index, entries in sd["state"].items()
-        for key, value in entries.items()
-        if isinstance(value, torch.Tensor)
-    }
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def restore_optimizer(
-    prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], state: dict[str, Any]
-) -> None:
-    entries: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "/"):
-            index, name = key[len(prefix) + 1 :].split("/", 1)
-            entries.setdefault(int(index), {})[name] = value
-    opt.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
+    def save(self, iteration: int, **loop: Any) -> None:
+        """Checkpoint after `iteration`, with the loop's JSON state `loop` (what `resume` returns)."""
+        assert self.store is not None
+        tensors = {**self.tensors, **{f"gen/{k}": g.get_state() for k, g in self.generators.items()}}
+        groups = {}
+        for key, opt in self.optimizers.items():
+            sd = opt.state_dict()
+            for index, slots in sd["state"].items():
+                tensors.update({f"opt/{key}/{index}/{s}": v for s, v in slots.items() if isinstance(v, torch.Tensor)})
+            groups[key] = sd["param_groups"]
+        self.store.save(self.name, tensors, {"iteration": iteration, "loop": loop, "param_groups": groups})

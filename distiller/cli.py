@@ -1,24 +1,25 @@
-"""The `distiller` command line: one command per pipeline stage, a thin layer over `distiller.pipeline`.
+"""The `distiller` command line: a thin layer over `distiller.stages` and the packaging commands.
 
-Every command reads `params.yaml` (or `--params`), accepts `-S key=value` overrides, shows a Rich progress bar on a
-terminal (quiet in CI logs), and turns user errors into one line on stderr with exit code 2.
+Every stage command reads `params.yaml` (or `--params`), accepts `-S key=value` overrides, calls its stage module's
+`run` and prints its `summary`. A Rich progress bar shows on a terminal (quiet in CI logs), and user errors become one
+line on stderr with exit code 2. Stage modules are imported when their command runs, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from distiller import __version__, pipeline
-from distiller._runtime import DistillerError, configure_torch
-from distiller.params import Params, load_params, parse_override
+from distiller import __version__
+from distiller.errors import DistillerError
 from distiller.paths import Layout
 
 app = typer.Typer(
@@ -29,24 +30,19 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     help="Distill a dataset into a few synthetic images per class (MTT or RaT-BPTT with Boost-DD), stage by stage, "
     "and package it as a Hugging Face datasets folder. `dvc repro` runs the stages in order; each can also be run by "
-    "hand. `distiller publish` puts a packaged folder on the Hub as a tagged version.",
+    "hand. `distiller params` shows every parameter with its meaning; `distiller publish` puts a packaged folder on "
+    "the Hub as a tagged version.",
 )
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Parameters file (YAML).", show_default=True)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option(
-        "--set",
-        "-S",
-        metavar="KEY=VALUE",
-        help="Override a parameter for this run, e.g. -S distill.ipc=1 (repeatable).",
-    ),
+    typer.Option("--set", "-S", metavar="KEY=VALUE", help="Override a parameter, e.g. -S distill.ipc=1 (repeatable)."),
 ]
 RootOpt = Annotated[
     Path, typer.Option("--root", help="Project directory that holds artifacts/ and metrics/.", show_default=True)
 ]
-
-T = TypeVar("T")
+FolderArg = Annotated[Path, typer.Argument(help="A packaged datasets folder, e.g. datasets/digits-distilled-ipc10.")]
 err = Console(stderr=True)
 
 
@@ -83,16 +79,8 @@ class RichReporter:
 @contextlib.contextmanager
 def _session() -> Iterator[RichReporter]:
     """Progress bars plus the error contract: DistillerError -> one line on stderr, exit code 2."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not err.is_terminal,
-    )
-    configure_torch()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, TimeRemainingColumn(), console=err, disable=not err.is_terminal)
     try:
         with progress:
             yield RichReporter(progress)
@@ -104,14 +92,30 @@ def _session() -> Iterator[RichReporter]:
         raise typer.Exit(130) from None
 
 
-def _params(path: Path, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> Params:
+def _load(params: Path, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> Any:
+    """The params file with `-S` overrides and the command's own options (those not None) applied."""
+    from distiller.config import parse_override
+    from distiller.params import load_params
+
     pairs = dict(parse_override(o) for o in overrides or [])
     pairs.update({k: v for k, v in (extra or {}).items() if v is not None})
-    return load_params(path, pairs)
+    return load_params(params, pairs)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
+def _stage(
+    name: str,
+    params: Path,
+    overrides: list[str] | None,
+    root: Path,
+    extra: dict[str, Any] | None = None,
+    **options: Any,
+) -> None:
+    """Run the stage module `distiller.stages.<name>` and print its summary."""
+    with _session() as reporter:
+        p = _load(params, overrides, extra)
+        stage = importlib.import_module(f"distiller.stages.{name}")
+        result = stage.run(p, Layout(root), reporter, **options)
+    typer.echo(stage.summary(result))
 
 
 @app.command()
@@ -123,8 +127,8 @@ def download(
         str | None,
         typer.Option(
             "--source",
-            help="Source dataset (overrides data.source): digits, mnist, fashion-mnist, cifar10, cifar100, "
-            "`hf:<repo_id>[:<config>]`, `imagefolder:<path>`.",
+            help="Source dataset (overrides data.source): digits, mnist, fashion-mnist, "
+            "cifar10, cifar100, `hf:<repo_id>[:<config>]`, `imagefolder:<path>`.",
         ),
     ] = None,
     from_: Annotated[
@@ -132,27 +136,19 @@ def download(
         typer.Option(
             "--from",
             metavar="DIR",
-            help="Folder holding the source's original archives (e.g. the four MNIST *-ubyte.gz files, or "
-            "cifar-10-python.tar.gz): each is checked against torchvision's MD5, then copied into data.root.",
+            help="Folder of the source's original archives (e.g. the four MNIST "
+            "*-ubyte.gz files): each is checked against torchvision's MD5, then copied into data.root.",
         ),
     ] = None,
 ) -> None:
     """Prepare the source dataset (default: scikit-learn's digits) as artifacts/data/prepared.safetensors.
 
-    Sources: digits; mnist, fashion-mnist, cifar10, cifar100 (torchvision, archives in `data.root`: downloaded when
-    online, or copied in with `--from DIR`; every archive's MD5 is checked); `hf:<repo_id>[:<config>]` (a Hugging
-    Face image-classification dataset, or a local parquet/arrow folder); `imagefolder:<path>` (one folder per class).
-    Images are resized to `data.resolution` when set. Splits sources without a test split (stratified,
-    `data.test_fraction`, seeded by `data.split_seed`), preprocesses with training-set statistics (`data.preprocess`:
-    per-channel normalisation, or ZCA whitening) and records a content hash that later stages check.
+    Splits sources without a test split (stratified, `data.test_fraction`, seeded by `data.split_seed`), resizes to
+    `data.resolution` when set, preprocesses with training-set statistics (`data.preprocess`: per-channel
+    normalisation, or ZCA whitening) and records a content hash that later stages check. Torchvision sources read
+    their original archives from `data.root` (downloaded when online, or copied in with `--from DIR`).
     """
-    with _session():
-        p = _params(params, set_, {"data.source": source})
-        data = pipeline.download(p, Layout(root), archives=from_)
-    typer.echo(
-        f"{data.source}: {len(data.train_labels)} train / {len(data.test_labels)} test images, "
-        f"{data.num_classes} classes, shape {data.image_shape}, {data.preprocess}, hash {data.content_hash[:12]}"
-    )
+    _stage("download", params, set_, root, {"data.source": source}, from_dir=from_)
 
 
 @app.command("expert-buffer")
@@ -162,13 +158,7 @@ def expert_buffer(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, 
     Each of `expert.num_experts` ConvNets trains with plain SGD (lr `expert.lr`) and DSA for `expert.epochs` epochs;
     the parameters before training and after every epoch are stored by name in one safetensors file per expert.
     """
-    with _session() as reporter:
-        p = _params(params, set_)
-        accs = pipeline.expert_buffer(p, Layout(root), reporter)
-    if not accs:
-        typer.echo(f"no experts needed for distill.method {p.distill.method}: wrote an empty buffer")
-        return
-    typer.echo(f"{len(accs)} experts, final test accuracy {_pct(min(accs))} .. {_pct(max(accs))}")
+    _stage("expert_buffer", params, set_, root)
 
 
 @app.command()
@@ -178,8 +168,7 @@ def distill(
     root: RootOpt = Path("."),
     ipc: Annotated[int | None, typer.Option("--ipc", help="Images per class (overrides distill.ipc).")] = None,
     iterations: Annotated[
-        int | None,
-        typer.Option("--iterations", help="Outer iterations (overrides mtt.iterations or ratbptt.iterations)."),
+        int | None, typer.Option("--iterations", help="Outer iterations (mtt.iterations or ratbptt.iterations).")
     ] = None,
 ) -> None:
     """Distill the training set into `distill.ipc` images per class with MTT or RaT-BPTT (`distill.method`).
@@ -189,12 +178,11 @@ def distill(
     `distill.budgets` (Boost-DD: its first k images per class are the budget-k set), and the references the
     evaluation compares against (sets distilled directly at each budget) go to artifacts/distill/references/.
     """
-    with _session() as reporter:
-        p = _params(params, set_, {"distill.ipc": ipc})
-        if iterations is not None:
-            p = _params(params, set_, {"distill.ipc": ipc, f"{p.distill.method}.iterations": iterations})
-        summary = pipeline.distill(p, Layout(root), reporter)
-    typer.echo(summary)
+    extra: dict[str, Any] = {"distill.ipc": ipc}
+    if iterations is not None:  # the iterations of the method the params and overrides select
+        with _session():
+            extra[f"{_load(params, set_, extra).distill.method}.iterations"] = iterations
+    _stage("distill", params, set_, root, extra)
 
 
 @app.command()
@@ -204,55 +192,58 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root:
     MTT protocol: `evaluate.num_eval` networks, SGD (momentum 0.9, weight decay 5e-4, the learned lr or real_lr,
     x0.1 at half), DSA on. In the same run and with the same seeds: a random real subset of the same size and the
     full training set. A boosted RaT-BPTT set is scored at every budget, beside a set distilled directly at that
-    budget, the naive subset (a prefix of the set distilled directly at the largest budget) and a random real subset.
-    Writes metrics/evaluate.json and artifacts/evaluate/ (budgets.csv, budgets.png).
+    budget, the naive subset (a prefix of the set distilled directly at the largest budget) and a random real subset
+    (an MTT set's prefixes too with `-S evaluate.prefixes=true`). Writes metrics/evaluate.json and artifacts/evaluate/.
     """
-    with _session() as reporter:
-        p = _params(params, set_)
-        m = pipeline.evaluate(p, Layout(root), reporter)
-    acc, base = m["accuracy"], m["baselines"]
-    lines = [f"distilled ({m['method']}, ipc {m['ipc']}): {_fmt(acc)}", f"random real: {_fmt(base['random_real'])}"]
-    if "full_data" in base:
-        lines.append(f"full data:   {_fmt(base['full_data'])}")
-    if len(m["budgets"]) > 1:
-        for b, row in m["budgets"].items():
-            lines.append(f"ipc {b:>3}: " + "  ".join(f"{name} {100 * r['mean']:.2f}" for name, r in row.items()))
-    if len(m.get("architectures", {})) > 1:
-        lines += [f"on {arch}: {_fmt(r)}" for arch, r in m["architectures"].items()]
-    typer.echo("\n".join(lines))
+    _stage("evaluate", params, set_, root)
 
 
 @app.command()
 def package(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
     """Package the distilled set as a Hugging Face datasets folder: datasets/<source>-distilled-ipc<ipc>/.
 
-    One config per budget (ipc1, ipc2, ..., the largest the default), each ipc<k>/train-00000-of-00001.parquet with the
-    exact float pixels, named labels (and learned soft labels) and an 8-bit preview; a dataset card whose YAML holds
-    the version, git commit, dvc.lock hash, method, preprocessing, evaluation protocol and the measured accuracy of
-    every budget; the normalisation (and test split) as safetensors sidecars; the image grid.
+    One config per scored budget (ipc1, ipc2, ..., the largest the default), each ipc<k>/train-00000-of-00001.parquet
+    with the exact float pixels, named labels (and learned soft labels) and an 8-bit preview; a dataset card whose YAML
+    holds the card contract (version, provenance, method, preprocessing, protocol, the accuracy of every budget); the
+    preprocessing (and test split) as safetensors sidecars; the image grid.
     """
+    _stage("package", params, set_, root)
+
+
+@app.command()
+def params(
+    file: Annotated[
+        Path | None, typer.Option("--params", "-p", help="Show this file's values (default: the defaults).")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print every parameter with its meaning, as params.yaml (the defaults, or a file's values with overrides)."""
+    from distiller.config import parse_override, set_dotted
+    from distiller.params import params_from_dict, render
+
     with _session():
-        p = _params(params, set_)
-        folder = pipeline.package_stage(p, Layout(root))
-    typer.echo(f"packaged {folder}")
-
-
-FolderArg = Annotated[Path, typer.Argument(help="A packaged datasets folder, e.g. datasets/digits-distilled-ipc10.")]
+        if file is not None:
+            p = _load(file, set_)
+        else:
+            raw: dict[str, Any] = {}
+            for key, value in (parse_override(o) for o in set_ or []):
+                set_dotted(raw, key, value)
+            p = params_from_dict(raw)
+    typer.echo(render(p), nl=False)
 
 
 @app.command()
 def validate(folder: FolderArg) -> None:
     """Check a packaged folder as a consumer will use it.
 
-    The card parses and carries its contract (license, task, size, source, tags, name; the distiller mapping with
-    version, provenance, preprocessing, protocol and every budget's accuracy); every config loads with
-    `datasets.load_dataset` with the row count the card declares; each config's rows begin the next config's (nesting);
-    the sidecars load; no symbolic links.
+    The card parses and its `distiller:` mapping is a valid card contract (every key by name and type); every config
+    loads with `datasets.load_dataset` with the row count the card declares; each config's rows begin the next
+    config's (nesting); the sidecars load; no symbolic links.
     """
-    from distiller import publish as pub
+    from distiller.validate import validate as check
 
     with _session():
-        report = pub.validate(folder)
+        report = check(folder)
     typer.echo(report.summary())
 
 
@@ -293,10 +284,6 @@ def publish(
             raise DistillerError("--to hub needs --repo org/name")
         done = pub.publish_to_hub(folder, repo, version=version, private=private)
     typer.echo(f"published {folder} to {done.repo_id} at {done.tag} (commit {done.commit}): {done.url}")
-
-
-def _fmt(result: Any) -> str:
-    return f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f}% (n={len(result['runs'])})"
 
 
 def main() -> None:

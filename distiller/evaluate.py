@@ -11,15 +11,17 @@ Two protocols, chosen by the method that made the set and applied to the set and
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from distiller import augment, models, ratbptt
+from distiller import augment, models
 from distiller._runtime import SILENT, Reporter, generator
-from distiller.data import Prepared
 from distiller.params import AugmentParams, Params
+from distiller.prepared import Prepared
 from distiller.train import SGDConfig, accuracy, epoch_ticks, networks_at_once, train_many
 
 
@@ -48,8 +50,8 @@ class EvalResult:
 class Protocol:
     """How every network of one evaluation trains: the same for the distilled set and all its references."""
 
-    name: str  # "mtt" or "ratbptt"
-    optimizer: str  # "sgd" or "adam"
+    name: Literal["mtt", "mtt-sgd", "ratbptt-inner"]
+    optimizer: Literal["sgd", "adam"]
     epochs: int
     batch_size: int
     momentum: float
@@ -97,10 +99,10 @@ def protocol_for(p: Params, method: str) -> Protocol:
     with `ratbptt_optimizer` sgd, MTT's SGD protocol at real_lr; with `inner`, the inner optimiser the set was distilled
     for at its inner lr, constant, no weight decay, RaT-BPTT's augmentation (as the reference's `base.test` trains)."""
     e = p.evaluate
-    mtt_aug = p.augment if e.augment and p.augment.strategy != "none" else None
+    mtt_aug = p.augment if e.augment and p.augment.strategy.names else None
     if method == "ratbptt" and e.ratbptt_optimizer == "inner":
         r = p.ratbptt
-        aug = ratbptt.augment_params(r, p.augment) if e.augment else None
+        aug = dataclasses.replace(p.augment, strategy=r.augment) if e.augment and r.augment.names else None
         return Protocol(
             "ratbptt-inner",
             r.inner_optimizer,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distiller._runtime import DistillerError
+from distiller.errors import DistillerError
 from distiller.params import ModelParams
 
 INSTANCENORM = "instancenorm (GroupNorm(C, C), affine)"
@@ -204,6 +204,15 @@ def _construct(p: ModelParams, image_shape: tuple[int, int, int], num_classes: i
     raise DistillerError(f"model.arch: unknown architecture '{p.arch}'")
 
 
+def check_distillable(p: ModelParams) -> None:
+    """Experts and distillation run on the ConvNet (the card's training snippet rebuilds it); the zoo evaluates."""
+    if p.arch != "convnet":
+        raise DistillerError(
+            f"model.arch is {p.arch}: experts and distillation use the convnet; list other architectures in "
+            "evaluate.archs to score the distilled set on them"
+        )
+
+
 def init_parameters(model: nn.Module, gen: torch.Generator) -> None:
     """PyTorch's default initialisation, drawn from `gen`.
 
@@ -230,10 +239,11 @@ def build_model(
     device: torch.device | str = "cpu",
 ) -> nn.Module:
     """A freshly initialised `model.arch` network; the draw comes from the CPU generator `gen` only, so the same seed
-    gives the same network on every device (built on `meta`, materialised on the CPU, then moved)."""
-    with torch.device("meta"):
+    gives the same network on every device. PyTorch's own initialisation runs on the CPU with the global RNG saved and
+    restored around it, then `init_parameters` overwrites every parameter. (Building on `meta` and materialising with
+    `to_empty` instead imports sympy, seconds in every process.)"""
+    with torch.random.fork_rng(devices=[]):
         model = _construct(p, image_shape, num_classes)
-    model = model.to_empty(device="cpu")
     init_parameters(model, gen)
     return model.to(device)
 

@@ -9,8 +9,8 @@ Everything a consumer needs to reproduce the accuracy travels in the folder: the
 no 8-bit rounding), the learned lr, the preprocessing (card and `preprocessing/normalization.safetensors`, or
 `preprocessing/zca.safetensors` with the ZCA mean, matrix and inverse), the evaluation split of sources without a
 test split (`preprocessing/split.safetensors`), the evaluation protocol and the measured accuracy of every budget
-beside its references, under one `distiller:` mapping in the card's YAML (the card contract of ecosystem.md section 8,
-written by `distiller.card`).
+beside its references, under one `distiller:` mapping in the card's YAML (the card contract, `distiller.contract`,
+built by `distiller.card` and rendered by `distiller.readme`; docs/packaging.md).
 """
 
 from __future__ import annotations
@@ -22,23 +22,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from distiller import synthetic
-from distiller._runtime import atomic_dir, save_safetensors
-from distiller.card import (
-    BUDGETS_PNG,
-    GRID,
-    NORMALIZATION,
-    SHARD,
-    SPLIT,
-    ZCA,
-    card_metadata,
-    card_text,
-    config_name,
-    read_inputs,
-)
-from distiller.data import Prepared
+from distiller import card, readme
+from distiller.card import BUDGETS_PNG, GRID, NORMALIZATION, SHARD, SPLIT, ZCA, config_name
+from distiller.files import atomic_dir, save_safetensors
 from distiller.params import Params
 from distiller.paths import Layout
+from distiller.prepared import Prepared, to_pixels
+from distiller.synthetic import SyntheticSet
 
 
 def block_order(num_classes: int, ipc: int, budgets: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,83 +66,80 @@ def features(data: Prepared, soft_labels: bool, preview: bool) -> Any:
 
 def build(p: Params, layout: Layout) -> Path:
     """Write the datasets folder for the current pipeline outputs; returns its path."""
-    from datasets import Dataset, DatasetInfo, disable_progress_bars
-    from datasets.splits import SplitDict, SplitInfo
+    from datasets import disable_progress_bars
 
     disable_progress_bars()  # the CLI shows its own progress; parquet writes of a few rows need none
-    inp = read_inputs(p, layout)
-    data, syn = inp.data, inp.syn
-    budgets = syn.budgets or (syn.ipc,)
-    folder = layout.package_dir(data.source, syn.ipc)
-    feats = features(data, syn.soft_labels is not None, p.package.preview)
-    order, block = block_order(data.num_classes, syn.ipc, budgets)
-
-    infos: dict[str, Any] = {}
+    inp = card.read_inputs(p, layout)
+    folder = layout.package_dir(inp.data.source, inp.syn.ipc)
     with atomic_dir(folder) as out:
-        for m, b in enumerate(budgets):
-            rows = order[: b * data.num_classes]
-            columns: dict[str, Any] = {
-                "pixel_values": [x.numpy() for x in syn.images[rows].cpu()],
-                "label": syn.labels[rows].cpu().tolist(),
-            }
-            if syn.soft_labels is not None:
-                columns["soft_label"] = syn.soft_labels[rows].cpu().tolist()
-            columns["block"] = block[: len(rows)].tolist()
-            if p.package.preview:
-                columns["image"] = _previews(syn.images[rows], data)
-            ds = Dataset.from_dict(columns, features=feats)
-            shard = out / config_name(b) / SHARD
-            shard.parent.mkdir(parents=True)
-            ds.to_parquet(str(shard))
-            assert m == int(block[len(rows) - 1])
-            splits = SplitDict()
-            splits.add(SplitInfo(name="train", num_bytes=ds.data.nbytes, num_examples=len(ds)))
-            infos[config_name(b)] = DatasetInfo(
-                features=feats,
-                splits=splits,
-                download_size=shard.stat().st_size,
-                dataset_size=ds.data.nbytes,
-            )
-        (out / "preprocessing").mkdir()
-        if data.preprocess == "zca":
-            c, h, w = data.image_shape
-            save_safetensors(
-                out / ZCA,
-                {"mean": data.zca_mean, "matrix": data.zca_matrix, "inverse": data.zca_inverse},
-                "distiller.zca",
-                "1",
-                {
-                    "applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}), each image flattened to C*H*W = "
-                    f"{c}*{h}*{w} values (C-major); whitened z = (x - mean) @ matrix, back: x = z @ inverse + mean",
-                    "eps": repr(data.zca_eps),
-                    "fitted_by": "kornia.enhance.ZCAWhitening(eps=eps, compute_inv=True) on the training images",
-                },
-            )
-        else:
-            save_safetensors(
-                out / NORMALIZATION,
-                {"mean": data.mean, "std": data.std},
-                "distiller.normalization",
-                "1",
-                {"applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}); x_norm = (x - mean) / std per channel"},
-            )
-        if len(data.test_indices):
-            save_safetensors(
-                out / SPLIT,
-                {"test_indices": data.test_indices},
-                "distiller.split",
-                "1",
-                {"source": data.source, "order": "the source's own sample order"},
-            )
+        infos = write_configs(out, inp.syn, inp.data, inp.budgets, p.package.preview)
+        write_sidecars(out, inp.data)
         (out / "images").mkdir()
         shutil.copyfile(layout.grid, out / GRID)
         if layout.budgets_png.is_file():
             shutil.copyfile(layout.budgets_png, out / BUDGETS_PNG)
-        meta = card_metadata(p, inp, layout)
-        (out / "README.md").write_text(card_text(p, inp, meta, infos))
+        (out / "README.md").write_text(readme.render(card.build(p, inp, layout), infos))
     return folder
 
 
+def write_configs(
+    out: Path, syn: SyntheticSet, data: Prepared, budgets: tuple[int, ...], preview: bool
+) -> dict[str, Any]:
+    """One parquet shard per budget (block-major rows); returns each config's `DatasetInfo`."""
+    from datasets import Dataset, DatasetInfo
+    from datasets.splits import SplitDict, SplitInfo
+
+    feats = features(data, syn.soft_labels is not None, preview)
+    order, block = block_order(data.num_classes, syn.ipc, budgets)
+    infos: dict[str, Any] = {}
+    for m, b in enumerate(budgets):
+        rows = order[: b * data.num_classes]
+        columns: dict[str, Any] = {
+            "pixel_values": [x.numpy() for x in syn.images[rows].cpu()],
+            "label": syn.labels[rows].cpu().tolist(),
+        }
+        if syn.soft_labels is not None:
+            columns["soft_label"] = syn.soft_labels[rows].cpu().tolist()
+        columns["block"] = block[: len(rows)].tolist()
+        if preview:
+            columns["image"] = _previews(syn.images[rows], data)
+        ds = Dataset.from_dict(columns, features=feats)
+        shard = out / config_name(b) / SHARD
+        shard.parent.mkdir(parents=True)
+        ds.to_parquet(str(shard))
+        assert m == int(block[len(rows) - 1])
+        splits = SplitDict()
+        splits.add(SplitInfo(name="train", num_bytes=ds.data.nbytes, num_examples=len(ds)))
+        size = ds.data.nbytes
+        infos[config_name(b)] = DatasetInfo(
+            features=feats, splits=splits, download_size=shard.stat().st_size, dataset_size=size
+        )
+    return infos
+
+
+def write_sidecars(out: Path, data: Prepared) -> None:
+    """The preprocessing (normalisation, or ZCA with its inverse) and, for sources without one, the test split."""
+    (out / "preprocessing").mkdir()
+    if data.preprocess == "zca":
+        c, h, w = data.image_shape
+        tensors = {"mean": data.zca_mean, "matrix": data.zca_matrix, "inverse": data.zca_inverse}
+        meta = {
+            "applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}), each image flattened to C*H*W = "
+            f"{c}*{h}*{w} values (C-major); whitened z = (x - mean) @ matrix, back: x = z @ inverse + mean",
+            "eps": repr(data.zca_eps),
+            "fitted_by": "kornia.enhance.ZCAWhitening(eps=eps, compute_inv=True) on the training images",
+        }
+        save_safetensors(out / ZCA, tensors, "distiller.zca", "1", meta)
+    else:
+        meta = {"applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}); x_norm = (x - mean) / std per channel"}
+        save_safetensors(
+            out / NORMALIZATION, {"mean": data.mean, "std": data.std}, "distiller.normalization", "1", meta
+        )
+    if len(data.test_indices):
+        meta = {"source": data.source, "order": "the source's own sample order"}
+        save_safetensors(out / SPLIT, {"test_indices": data.test_indices}, "distiller.split", "1", meta)
+
+
 def _previews(images: torch.Tensor, data: Prepared) -> list[Image.Image]:
-    pixels = synthetic.to_pixels(images, data).numpy()  # (N, H, W, C) uint8
+    pixels = to_pixels(images, data).numpy()  # (N, H, W, C) uint8
     return [Image.fromarray(a[:, :, 0], "L") if a.shape[2] == 1 else Image.fromarray(a, "RGB") for a in pixels]

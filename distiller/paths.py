@@ -6,88 +6,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class _Below:
+    """A path below the project root: `layout.prepared` is `layout.root / "artifacts/data/prepared.safetensors"`."""
+
+    def __init__(self, relative: str) -> None:
+        self.relative = relative
+
+    def __get__(self, layout: Layout, owner: type) -> Path:
+        return layout.root / self.relative
+
+
 @dataclass(frozen=True)
 class Layout:
+    """The paths of a project rooted at `root`, stage by stage in pipeline order."""
+
     root: Path = Path(".")
 
-    # download
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "artifacts" / "data"
-
-    @property
-    def prepared(self) -> Path:
-        return self.data_dir / "prepared.safetensors"
-
-    # expert-buffer
-    @property
-    def experts_dir(self) -> Path:
-        return self.root / "artifacts" / "experts"
-
-    # distill
-    @property
-    def distill_dir(self) -> Path:
-        return self.root / "artifacts" / "distill"
-
-    @property
-    def synthetic(self) -> Path:
-        return self.distill_dir / "synthetic.safetensors"
-
-    @property
-    def curves(self) -> Path:
-        return self.distill_dir / "curves.csv"
-
-    @property
-    def curves_png(self) -> Path:
-        return self.distill_dir / "curves.png"
-
-    @property
-    def grid(self) -> Path:
-        return self.distill_dir / "grid.png"
-
-    @property
-    def references_dir(self) -> Path:
-        return self.distill_dir / "references"
+    data_dir = _Below("artifacts/data")  # download
+    prepared = _Below("artifacts/data/prepared.safetensors")
+    experts_dir = _Below("artifacts/experts")  # expert-buffer
+    distill_dir = _Below("artifacts/distill")  # distill
+    synthetic = _Below("artifacts/distill/synthetic.safetensors")
+    curves = _Below("artifacts/distill/curves.csv")
+    curves_png = _Below("artifacts/distill/curves.png")
+    grid = _Below("artifacts/distill/grid.png")
+    references_dir = _Below("artifacts/distill/references")
+    distill_metrics = _Below("metrics/distill.json")
+    evaluate_dir = _Below("artifacts/evaluate")  # evaluate
+    budgets_csv = _Below("artifacts/evaluate/budgets.csv")
+    budgets_png = _Below("artifacts/evaluate/budgets.png")
+    evaluate_metrics = _Below("metrics/evaluate.json")
+    datasets_dir = _Below("datasets")  # package
+    dvc_lock = _Below("dvc.lock")
 
     def reference(self, budget: int) -> Path:
         """A set distilled directly (no boosting) at `budget` images per class."""
         return self.references_dir / f"direct_ipc{budget}.safetensors"
 
-    # evaluate
-    @property
-    def evaluate_dir(self) -> Path:
-        return self.root / "artifacts" / "evaluate"
-
-    @property
-    def budgets_csv(self) -> Path:
-        return self.evaluate_dir / "budgets.csv"
-
-    @property
-    def budgets_png(self) -> Path:
-        return self.evaluate_dir / "budgets.png"
-
-    # package
-    @property
-    def datasets_dir(self) -> Path:
-        return self.root / "datasets"
-
     def package_dir(self, source: str, ipc: int) -> Path:
         """`datasets/<source>-distilled-ipc<max>/`; dvc.yaml's package stage names the same folder."""
         return self.datasets_dir / f"{source}-distilled-ipc{ipc}"
 
-    @property
-    def dvc_lock(self) -> Path:
-        return self.root / "dvc.lock"
-
-    # checkpoints of interrupted stages: never a declared output (git- and DVC-ignored), removed when a stage completes
     def checkpoints(self, stage: str) -> Path:
+        """Checkpoints of an interrupted stage: never a declared output (git- and DVC-ignored), removed when the stage
+        completes."""
         return self.root / ".checkpoints" / stage
-
-    # metrics
-    @property
-    def distill_metrics(self) -> Path:
-        return self.root / "metrics" / "distill.json"
-
-    @property
-    def evaluate_metrics(self) -> Path:
-        return self.root / "metrics" / "evaluate.json"

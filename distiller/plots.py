@@ -1,15 +1,41 @@
-"""Static pictures of results (PNG), for people who would rather look than read a CSV."""
+"""Static pictures (PNG) for people who would rather look than read a table: image grids and curves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distiller._runtime import atomic_path
+import torch
+from PIL import Image, ImageDraw
+
+from distiller.files import atomic_path
+from distiller.prepared import Prepared, to_pixels
 
 
-def curves_png(path: Path | str, x: Sequence[float], panels: dict[str, Sequence[float]], title: str) -> None:
+def grid_png(images: torch.Tensor, ipc: int, data: Prepared, path: Path | str) -> None:
+    """One row per class, its name on the left; small images are upscaled (nearest) to at least 48 px."""
+    pixels, classes = to_pixels(images, data), data.classes  # (N, H, W, C)
+    n, h, w, c = pixels.shape
+    zoom = max(1, -(-48 // max(h, w)))
+    cell_h, cell_w, pad = h * zoom, w * zoom, 2
+    label_w = 8 + 7 * max(len(name) for name in classes)
+    rows = n // ipc
+    canvas = Image.new("RGB", (label_w + ipc * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        row, col = divmod(i, ipc)
+        arr = pixels[i].numpy()
+        tile = Image.fromarray(arr[:, :, 0], "L") if c == 1 else Image.fromarray(arr, "RGB")
+        tile = tile.resize((cell_w, cell_h), Image.Resampling.NEAREST).convert("RGB")
+        canvas.paste(tile, (label_w + pad + col * (cell_w + pad), pad + row * (cell_h + pad)))
+    for row in range(rows):
+        draw.text((4, pad + row * (cell_h + pad) + cell_h // 2 - 5), classes[row], fill="black")
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def curves_png(path: Path | str, x: Sequence[float], panels: Mapping[str, Sequence[float]], title: str) -> None:
     """One panel per named series, stacked, sharing the x axis."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 2.2 * len(panels)), sharex=True, squeeze=False)
@@ -24,7 +50,7 @@ def curves_png(path: Path | str, x: Sequence[float], panels: dict[str, Sequence[
 
 
 def runs_png(
-    path: Path | str, runs: dict[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str
+    path: Path | str, runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str
 ) -> None:
     """One line per named run (x, y), on one axis."""
     plt = _pyplot()

@@ -1,6 +1,6 @@
-"""Validate a packaged datasets folder and publish it: to the Hugging Face Hub as a tagged version, or to a directory.
+"""Publish a validated datasets folder: to the Hugging Face Hub as a tagged version, or to a directory.
 
-Publishing is never a pipeline stage, only an explicit command. To the Hub it is three calls (ecosystem.md section 2):
+Publishing is never a pipeline stage, only an explicit command. To the Hub it is three calls (docs/packaging.md):
 `create_repo` (exist_ok), one `upload_folder` (one atomic commit holding every config, the card and the sidecars),
 `create_tag(v<version>)` on that commit's id, so `load_dataset(repo, "ipc10", revision="v1.2.0")` pins it. An existing
 tag is never moved. The token comes from `HF_TOKEN` or the stored login and is never printed or written; every error
@@ -10,185 +10,15 @@ is one line with the local folder untouched.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from distiller._runtime import DistillerError, first_line
+from distiller.errors import DistillerError, first_line
 from distiller.params import SEMVER
-
-REQUIRED_CARD = ("license", "task_categories", "size_categories", "source_datasets", "tags", "pretty_name")
-REQUIRED_DISTILLER = (
-    *("version", "git_commit", "dvc_lock_sha256", "method", "method_params"),
-    *("source", "preprocessing", "protocol", "budgets"),
-)
-REQUIRED_BUDGET = ("images_per_class", "rows", "lr", "accuracy", "random_real")
-
-
-@dataclass(frozen=True)
-class Report:
-    """What `validate` checked: config name -> rows, the default config and the card's version."""
-
-    folder: Path
-    configs: dict[str, int]
-    default: str
-    version: str
-    method: str
-
-    def summary(self) -> str:
-        rows = ", ".join(f"{name} {n} rows" for name, n in self.configs.items())
-        return f"{self.folder}: valid ({self.method}, version {self.version}; {rows}; default {self.default})"
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# validation
-
-
-def validate(folder: Path | str) -> Report:
-    """Check a folder the way a consumer will use it: the card parses and carries its contract, every config loads
-    with `datasets.load_dataset` with the declared row counts and features, configs nest, sidecars load."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DistillerError(f"dataset folder not found: {folder}")
-    for path in folder.rglob("*"):
-        if path.is_symlink():
-            raise DistillerError(f"{path}: symbolic links are not published (copy the file into the folder)")
-    card_path = folder / "README.md"
-    if not card_path.is_file():
-        raise DistillerError(f"{card_path}: missing dataset card")
-    meta, configs = _card(card_path)
-    default = _configs(folder, configs, meta)
-    report = Report(folder, {}, default, str(meta["version"]), str(meta["method"]))
-    with tempfile.TemporaryDirectory(prefix="distiller-validate-") as cache:  # validation leaves no cache behind
-        previous: dict[str, torch.Tensor] | None = None
-        for cfg in configs:
-            name = cfg["config_name"]
-            current = _check_config(folder, name, _load(folder, name, cache), meta)
-            if previous is not None:
-                n = len(previous["label"])
-                same = torch.equal(current["pixel_values"][:n], previous["pixel_values"]) and torch.equal(
-                    current["label"][:n], previous["label"]
-                )
-                if not same:
-                    raise DistillerError(f"{folder / name}: its first {n} rows are not the previous config's")
-            previous = current
-            report.configs[name] = len(current["label"])
-    _sidecars(folder, meta)
-    return report
-
-
-def _load(folder: Path, name: str, cache: str) -> Any:
-    """One config through the real `load_dataset`, as a consumer loads it."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:
-        return datasets.load_dataset(str(folder), name, split="train", cache_dir=cache)
-    except Exception as e:  # datasets raises many types for unreadable or mismatched files
-        counts = re.findall(r"num_examples=(\d+)", str(e))
-        if type(e).__name__ == "NonMatchingSplitsSizesError" and len(counts) == 2:  # (expected, recorded)
-            raise DistillerError(
-                f"{folder / name}: {counts[1]} rows, but the card's dataset_info says {counts[0]}"
-            ) from None
-        first = first_line(e)
-        raise DistillerError(f"{folder / name}: config '{name}' does not load ({first})") from None
-
-
-def _check_config(folder: Path, name: str, ds: Any, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Row count, features and label type of one loaded config; returns its pixels and labels."""
-    budget = meta["budgets"][name]
-    label = ds.features.get("label")
-    if type(label).__name__ != "ClassLabel":
-        raise DistillerError(f"{folder / name}: label must be a ClassLabel column")
-    classes = label.num_classes
-    if len(ds) != budget["rows"] or len(ds) != budget["images_per_class"] * classes:
-        raise DistillerError(
-            f"{folder / name}: {len(ds)} rows, but the card says {budget['rows']} "
-            f"({budget['images_per_class']} per class x {classes} classes)"
-        )
-    feat = ds.features.get("pixel_values")
-    if type(feat).__name__ != "Array3D" or getattr(feat, "dtype", None) != "float32":
-        raise DistillerError(f"{folder / name}: pixel_values must be a float32 Array3D column")
-    if meta.get("labels", {}).get("train_on") == "soft_label" and "soft_label" not in ds.features:
-        raise DistillerError(f"{folder / name}: the card says to train on soft_label, but the column is missing")
-    t = ds.select_columns(["pixel_values", "label"]).with_format("torch")[:]  # dict of whole-column tensors
-    return {"pixel_values": t["pixel_values"], "label": t["label"]}
-
-
-def _card(card_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from huggingface_hub import DatasetCard
-
-    try:
-        card = DatasetCard.load(card_path)
-    except Exception as e:  # the card parser raises ValueError, YAMLError, ... for a broken front matter
-        first = first_line(e)
-        raise DistillerError(f"{card_path}: the card does not parse ({first})") from None
-    data = card.data.to_dict()
-    missing = [k for k in REQUIRED_CARD if not data.get(k)]
-    if missing:
-        raise DistillerError(f"{card_path}: card YAML lacks {', '.join(missing)}")
-    meta = data.get("distiller")
-    if not isinstance(meta, dict):
-        raise DistillerError(f"{card_path}: card YAML lacks the `distiller:` mapping")
-    missing = [k for k in REQUIRED_DISTILLER if k not in meta]
-    if missing:
-        raise DistillerError(f"{card_path}: distiller mapping lacks {', '.join(missing)}")
-    if not SEMVER.fullmatch(str(meta["version"])):
-        raise DistillerError(f"{card_path}: distiller.version '{meta['version']}' is not a semantic version")
-    configs = data.get("configs")
-    if not isinstance(configs, list) or not configs:
-        raise DistillerError(f"{card_path}: card YAML lacks `configs`")
-    return meta, configs
-
-
-def _configs(folder: Path, configs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """Configs, data files and the `budgets` mapping agree, and exactly one config is the default."""
-    names = [c.get("config_name") for c in configs]
-    defaults = [c.get("config_name") for c in configs if c.get("default")]
-    if len(defaults) != 1:
-        raise DistillerError(f"{folder / 'README.md'}: exactly one config must be the default, found {defaults}")
-    if sorted(names, key=str) != sorted(meta["budgets"], key=str):
-        raise DistillerError(
-            f"{folder / 'README.md'}: configs {names} do not match distiller.budgets {list(meta['budgets'])}"
-        )
-    claimed: set[Path] = set()
-    for cfg in configs:
-        name = cfg["config_name"]
-        missing = [k for k in REQUIRED_BUDGET if k not in meta["budgets"][name]]
-        if missing:
-            raise DistillerError(f"{folder / 'README.md'}: distiller.budgets.{name} lacks {', '.join(missing)}")
-        files = cfg.get("data_files")
-        patterns = [f["path"] for f in files] if isinstance(files, list) else [files]
-        matched = [p for pattern in patterns for p in folder.glob(str(pattern))]
-        if not matched:
-            raise DistillerError(f"{folder / name}: config '{name}' declares {patterns} but no such file exists")
-        claimed.update(matched)
-    strays = sorted(set(folder.rglob("*.parquet")) - claimed)
-    if strays:
-        raise DistillerError(f"{strays[0]}: a data file no config declares")
-    return str(defaults[0])
-
-
-def _sidecars(folder: Path, meta: dict[str, Any]) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    files = [meta["preprocessing"].get("file"), meta["source"].get("test_split", {}).get("file")]
-    for rel in filter(None, files):
-        path = folder / rel
-        try:
-            load_file(str(path))
-        except (SafetensorError, OSError, FileNotFoundError) as e:
-            raise DistillerError(f"{path}: sidecar missing or unreadable ({type(e).__name__})") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# publishing
+from distiller.validate import validate
 
 
 @dataclass(frozen=True)
@@ -285,7 +115,7 @@ def _hub_error(e: Exception, repo_id: str, tag: str, token: str) -> str:
     elif isinstance(e, HfHubHTTPError):
         text = f"the Hub answered {status} for {repo_id}: {first_line(e)}"
     else:
-        text = f"cannot reach the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        text = f"cannot reach the Hugging Face Hub ({type(e).__name__}: {first_line(e)})"
     return text.replace(token, "***") if token else text
 
 

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from distiller import checkpoint as ckpt
-from distiller import models
-from distiller._runtime import SILENT, DistillerError, Reporter, generator
 from distiller.augment import dsa
-from distiller.checkpoint import Store
-from distiller.data import Prepared
 from distiller.optim import SGD, Adam, InnerOptimizer, ParamDict, State, detach_state
-from distiller.params import AugmentParams, GuardParams, ModelParams, RatBPTTParams
-from distiller.synthetic import SyntheticSet, class_major_labels, real_subset
+from distiller.params import AugmentParams, RatBPTTParams
+from distiller.run import Context, Curves, Guard, finite
+from distiller.synthetic import SyntheticSet, class_major_labels, initial_images
 
 
 def inner_optimizer(p: RatBPTTParams) -> InnerOptimizer:
@@ -55,11 +51,6 @@ def inner_batch(num_classes: int, ipc: int, p: RatBPTTParams, gen: torch.Generat
     per_class = min(p.batch_per_class, ipc)
     picks = torch.stack([torch.randperm(ipc, generator=gen)[:per_class] for _ in classes])  # (classes, per_class)
     return (classes[:, None] * ipc + picks).flatten()
-
-
-def targets_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against hard labels (int64) or label distributions (float, learned soft labels)."""
-    return F.cross_entropy(logits, targets)
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,7 @@ def unroll(
             x, targets = x.detach(), targets.detach()
         if augment is not None:
             x = dsa(x, augment, aug_gen)
-        loss = targets_loss(functional_call(model, theta, (x,)), targets)
+        loss = F.cross_entropy(functional_call(model, theta, (x,)), targets)  # hard or soft targets
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=differentiable)
         theta, state = opt.step(theta, dict(zip(theta, grads, strict=True)), state)
     if not differentiable:
@@ -142,34 +133,155 @@ def ratbptt_meta_loss(
     return real_loss(model, theta, real_x, real_y, augment, aug_gen)
 
 
-@dataclass
-class RatCurves:
-    iteration: list[int]
-    meta_loss: list[float]
-    grad_norm: list[float]
-    warmup_steps: list[int]
-    skipped: list[int]  # 1 where the guard skipped the step
-
-    KEYS = ("iteration", "meta_loss", "grad_norm", "warmup_steps", "skipped")
-
-    def rows(self) -> list[dict[str, float | int]]:
-        return [dict(zip(self.KEYS, v, strict=True)) for v in zip(*self.columns(), strict=True)]
-
-    def columns(self) -> list[list]:
-        return [getattr(self, k) for k in self.KEYS]
+CURVES = ("iteration", "meta_loss", "grad_norm", "warmup_steps", "skipped")
 
 
-def initial_images(data: Prepared, ipc: int, init: str, gen: torch.Generator) -> torch.Tensor:
-    """Class-major images: real ones, or N(0, 1) pixels rescaled to unit L2 norm per image (the paper's default)."""
-    if init == "real":
-        return real_subset(data, ipc, gen)[0].cpu()
-    c, h, w = data.image_shape
-    x = torch.randn(data.num_classes * ipc, c, h, w, generator=gen)
-    return x / x.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+@dataclass(frozen=True)
+class Boosting:
+    """Boost-DD's start: a set of fewer images per class kept as the first ones of every class, its updates scaled
+    by `beta` (of the Adam step, or of the gradient)."""
+
+    start: SyntheticSet
+    beta: float
+    scales: Literal["update", "gradient"] = "update"
 
 
-def augment_params(p: RatBPTTParams, base: AugmentParams) -> AugmentParams | None:
-    return None if p.augment == "none" else dataclasses.replace(base, strategy=p.augment)
+def distill(
+    ctx: Context, p: RatBPTTParams, ipc: int, *, iterations: int, key: str, boosting: Boosting | None = None
+) -> tuple[SyntheticSet, Curves]:
+    """Distill `ipc` images per class in `iterations` outer steps (boosting from `boosting.start` when given).
+
+    `key` names the random streams, so two calls with the same key and inputs draw the same numbers. Guarded
+    (`MetaGradientClip`); with `ctx.store`, checkpointed under `key` every `store.every` steps and resumed."""
+    syn, hard, weight = initial_set(ctx, p, ipc, key, boosting)
+    outer = OuterAdam(p, syn)
+    model = ctx.network(ctx.generator("ratbptt-arch"))
+    gens = {name: ctx.generator(f"ratbptt-{name}", key) for name in ("net", "window", "batch")}
+    gens["augment"] = ctx.generator("ratbptt-augment", key, on_device=True)
+    augment = dataclasses.replace(ctx.augment, strategy=p.augment)
+    curves, guard = Curves(CURVES), Guard(ctx.guard, f"RaT-BPTT ({key})")
+    clip = MetaGradientClip(p, ctx.guard.explode_factor)
+    learned = {"images": syn.images, **({"targets": syn.targets} if p.soft_labels else {})}
+    state, warmup = ctx.resumable(key, learned, outer.optimizers, gens), 0
+    if (saved := state.resume()) is not None:  # the rest of the run is what it would have been
+        curves, guard.bad = Curves(CURVES, saved["curves"]), saved["bad"]
+        clip.shadow, warmup = saved["shadow"], saved["warmup"]
+    what = f"RaT-BPTT ipc {ipc}" + (f" (boost from {boosting.start.ipc})" if boosting else "")
+    advance = ctx.progress.task(what, iterations)
+    advance(len(curves))
+
+    for it in range(len(curves) + 1, iterations + 1):
+        outer.schedule(it, iterations)
+        if (it - 1) % p.redraw_every == 0:
+            warmup = draw_warmup(p, gens["window"])
+        theta0 = {k: v.detach() for k, v in ctx.network(gens["net"]).named_parameters()}
+        real_idx = torch.randperm(len(ctx.data.train_labels), generator=gens["batch"])[: p.real_batch].to(ctx.device)
+        real_x, real_y = ctx.data.train_images[real_idx], ctx.data.train_labels[real_idx]
+        meta = ratbptt_meta_loss(model, theta0, syn, real_x, real_y, p, augment, warmup, gens["batch"], gens["augment"])
+        grads = torch.autograd.grad(meta, list(learned.values()))
+        problem, norm = meta_step(meta, grads, syn, outer, clip, weight, boosting)
+
+        guard.check(problem, f"step {it}")
+        skipped = int(problem is not None)
+        curves.add(iteration=it, meta_loss=meta.item(), grad_norm=norm, warmup_steps=warmup, skipped=skipped)
+        advance(1)
+        if state.due(it, iterations):
+            state.save(it, bad=guard.bad, shadow=clip.shadow, warmup=warmup, curves=curves.columns)
+    soft = syn.targets.detach().clone() if p.soft_labels else None
+    return SyntheticSet(syn.images.detach().clone(), hard.clone(), None, ipc, soft), curves
+
+
+class OuterAdam:
+    """The outer optimisers: Adam on the pixels and, with soft labels, on the labels (lr outer_lr / label_lr_scale);
+    with `outer_schedule` cosine both decay to 0 over a run's steps, so the last updates are small."""
+
+    def __init__(self, p: RatBPTTParams, syn: MetaBatch) -> None:
+        self.p = p
+        self.images = torch.optim.Adam([syn.images], lr=p.outer_lr)
+        self.labels = torch.optim.Adam([syn.targets], lr=p.outer_lr / p.label_lr_scale) if p.soft_labels else None
+        self.optimizers = {"outer": self.images, **({"outer_y": self.labels} if self.labels is not None else {})}
+
+    def schedule(self, it: int, iterations: int) -> None:
+        if self.p.outer_schedule == "cosine":
+            factor = 0.5 * (1 + math.cos(math.pi * (it - 1) / iterations))
+            for opt, lr in ((self.images, self.p.outer_lr), (self.labels, self.p.outer_lr / self.p.label_lr_scale)):
+                if opt is not None:
+                    opt.param_groups[0]["lr"] = lr * factor
+
+
+def initial_set(
+    ctx: Context, p: RatBPTTParams, ipc: int, key: str, boosting: Boosting | None
+) -> tuple[MetaBatch, torch.Tensor, torch.Tensor | None]:
+    """The learnable set (class-major; with `boosting`, its images and labels first in every class), its hard labels,
+    and with `boosting` each row's update weight (beta for the earlier blocks, 1 for the new ones)."""
+    n, shape = ctx.data.num_classes, ctx.data.image_shape
+    init = initial_images(ctx.data, ipc, p.init, ctx.generator("ratbptt-init", key), unit_norm=True)
+    fresh, old = init.view(n, ipc, *shape), boosting.start.ipc if boosting else 0
+    if boosting is not None:
+        fresh[:, :old] = boosting.start.images.detach().cpu().view(n, old, *shape)
+    images = fresh.reshape(n * ipc, *shape).to(ctx.device).requires_grad_(True)
+    hard = class_major_labels(n, ipc).to(ctx.device)
+    targets = hard
+    if p.soft_labels:  # learned label distributions, one-hot at first
+        targets = F.one_hot(hard, n).float()
+        if boosting is not None and boosting.start.soft_labels is not None:
+            targets.view(n, ipc, n)[:, :old] = boosting.start.soft_labels.to(ctx.device).view(n, old, -1)
+        targets.requires_grad_(True)
+    weight = None
+    if boosting is not None:  # Boost-DD: earlier blocks move beta times as far
+        weight = torch.ones(n, ipc, 1, 1, 1, device=ctx.device)
+        weight[:, :old] = boosting.beta
+        weight = weight.view(n * ipc, 1, 1, 1)
+    return MetaBatch(images, targets, ipc, n), hard, weight
+
+
+class MetaGradientClip:
+    """RaT-BPTT's clipping: a running average of the pixel meta-gradient norm (shadow <- shadow - ema (shadow - |g|))
+    and a clip at `clip_factor` x that average. A norm above `explode_factor` x the average is not clipped but
+    reported as exploding."""
+
+    def __init__(self, p: RatBPTTParams, explode_factor: float, shadow: float | None = None) -> None:
+        self.p, self.explode_factor, self.shadow = p, explode_factor, shadow
+
+    def __call__(self, g: torch.Tensor, norm: float) -> tuple[torch.Tensor, str | None]:
+        if self.shadow is not None and norm > self.explode_factor * self.shadow:
+            return g, (
+                "the meta-gradient norm exploded past guard.explode_factor x its running average "
+                "(lower ratbptt.inner_lr or ratbptt.window)"
+            )
+        self.shadow = norm if self.shadow is None else self.shadow - self.p.clip_ema * (self.shadow - norm)
+        limit = self.p.clip_factor * self.shadow
+        return (g * (limit / norm) if norm > limit > 0 else g), None
+
+
+def meta_step(
+    meta: torch.Tensor,
+    grads: tuple[torch.Tensor, ...],
+    syn: MetaBatch,
+    outer: OuterAdam,
+    clip: MetaGradientClip,
+    weight: torch.Tensor | None,
+    boosting: Boosting | None,
+) -> tuple[str | None, float]:
+    """The outer Adam step on the pixels (and labels), clipped and, when boosting, beta-weighted. Returns what went
+    wrong (the step is then skipped) and the pixel meta-gradient norm."""
+    by_gradient = boosting is not None and boosting.scales == "gradient"
+    by_update = weight if boosting is not None and boosting.scales == "update" else None
+    g_img = grads[0] * weight if by_gradient and weight is not None else grads[0]
+    norm = float(g_img.norm())
+    if not finite(meta, *grads):
+        return "the meta-loss or meta-gradient is not finite (lower ratbptt.outer_lr or ratbptt.inner_lr)", norm
+    g_img, problem = clip(g_img, norm)
+    if problem is not None:
+        return problem, norm
+    _outer_step(outer.images, syn.images, g_img, by_update)
+    if outer.labels is not None:
+        rows = weight.view(-1, 1) if weight is not None else None
+        g_y = grads[1] * rows if by_gradient and rows is not None else grads[1]
+        _outer_step(outer.labels, syn.targets, g_y, rows if by_update is not None else None)
+        with torch.no_grad():
+            syn.targets.clamp_(min=0)  # soft labels stay non-negative
+    return None, norm
 
 
 def _outer_step(
@@ -183,163 +295,3 @@ def _outer_step(
     if update_weight is not None and before is not None:
         with torch.no_grad():
             x.copy_(before + update_weight * (x - before))
-
-
-def distill(
-    data: Prepared,
-    p: RatBPTTParams,
-    model_p: ModelParams,
-    base_augment: AugmentParams,
-    seed: int,
-    ipc: int,
-    device: torch.device,
-    *,
-    iterations: int,
-    key: str,
-    start: SyntheticSet | None = None,
-    beta: float = 1.0,
-    beta_scales: str = "update",
-    progress: Reporter = SILENT,
-    on_iteration: Callable[[int], None] | None = None,
-    guard: GuardParams | None = None,
-    store: Store | None = None,
-) -> tuple[SyntheticSet, RatCurves]:
-    """Distill `ipc` images per class. With `start` (a set of fewer images per class), its images are kept as the
-    first ones of every class and their updates are scaled by `beta` (Boost-DD); the new ones are initialised fresh.
-
-    `key` names the random streams, so two calls with the same key and inputs draw the same numbers. Guarded: a step
-    whose meta-loss or meta-gradient is not finite, or whose meta-gradient norm exceeds `guard.explode_factor` times
-    its running average, is skipped; `guard.max_bad_steps` in a row stop the run. With `store`, the full state is
-    checkpointed under `key` every `store.every` steps and a matching checkpoint is resumed from.
-    """
-    guard = guard or GuardParams()
-    n_classes = data.num_classes
-    init_gen = generator(seed, "ratbptt-init", key)
-    fresh = initial_images(data, ipc, p.init, init_gen).view(n_classes, ipc, *data.image_shape)
-    old = 0
-    if start is not None:
-        old = start.ipc
-        fresh[:, :old] = start.images.detach().cpu().view(n_classes, old, *data.image_shape)
-    images = fresh.reshape(n_classes * ipc, *data.image_shape).to(device).requires_grad_(True)
-    hard = class_major_labels(n_classes, ipc).to(device)
-    if p.soft_labels:
-        targets = F.one_hot(hard, n_classes).float()
-        if start is not None and start.soft_labels is not None:
-            targets.view(n_classes, ipc, n_classes)[:, :old] = start.soft_labels.to(device).view(n_classes, old, -1)
-        targets.requires_grad_(True)
-    else:
-        targets = hard
-    weight = torch.ones(n_classes, ipc, 1, 1, 1, device=device)
-    weight[:, :old] = beta  # Boost-DD: earlier blocks move beta times as far
-    weight = weight.view(n_classes * ipc, 1, 1, 1)
-
-    outer = torch.optim.Adam([images], lr=p.outer_lr)
-    outer_y = torch.optim.Adam([targets], lr=p.outer_lr / p.label_lr_scale) if p.soft_labels else None
-    model = models.build_model(model_p, data.image_shape, n_classes, generator(seed, "ratbptt-arch"), device)
-    net_gen = generator(seed, "ratbptt-net", key)
-    window_gen = generator(seed, "ratbptt-window", key)
-    batch_gen = generator(seed, "ratbptt-batch", key)
-    aug_gen = generator(seed, "ratbptt-augment", key, device=device)
-    augment = augment_params(p, base_augment)
-    syn = MetaBatch(images, targets, ipc, n_classes)
-    curves = RatCurves([], [], [], [], [])
-    shadow: float | None = None
-    warmup, first, bad = 0, 1, 0
-    gens = {"net": net_gen, "window": window_gen, "batch": batch_gen, "augment": aug_gen}
-    optimizers = {"outer": outer, "outer_y": outer_y} if outer_y is not None else {"outer": outer}
-    advance = progress.task(f"RaT-BPTT ipc {ipc}" + (f" (boost from {old})" if start else ""), iterations)
-
-    saved = store.load(key) if store is not None else None
-    if saved is not None:  # resume with every piece of state: the rest of the run is what it would have been
-        with torch.no_grad():
-            images.copy_(saved.tensors["images"])
-            if p.soft_labels:
-                targets.copy_(saved.tensors["targets"])
-        for name, opt in optimizers.items():
-            ckpt.restore_optimizer(name, opt, saved.tensors, saved.state[name])
-        ckpt.restore_generators(gens, saved.tensors)
-        curves = RatCurves(*saved.state["curves"])
-        shadow, warmup, bad = saved.state["shadow"], saved.state["warmup"], saved.state["bad"]
-        first = saved.state["iteration"] + 1
-        advance(first - 1)
-
-    for it in range(first, iterations + 1):
-        if p.outer_schedule == "cosine":  # decay to 0 over this run's steps: the last updates are small
-            factor = 0.5 * (1 + math.cos(math.pi * (it - 1) / iterations))
-            outer.param_groups[0]["lr"] = p.outer_lr * factor
-            if outer_y is not None:
-                outer_y.param_groups[0]["lr"] = p.outer_lr / p.label_lr_scale * factor
-        if (it - 1) % p.redraw_every == 0:
-            warmup = draw_warmup(p, window_gen)
-        net = models.build_model(model_p, data.image_shape, n_classes, net_gen, device)
-        theta0 = {k: v.detach() for k, v in net.named_parameters()}
-        real_idx = torch.randperm(len(data.train_labels), generator=batch_gen)[: p.real_batch].to(device)
-        meta = ratbptt_meta_loss(
-            model,
-            theta0,
-            syn,
-            data.train_images[real_idx],
-            data.train_labels[real_idx],
-            p,
-            augment,
-            warmup,
-            batch_gen,
-            aug_gen,
-        )
-        params = [images, targets] if p.soft_labels else [images]
-        grads = torch.autograd.grad(meta, params)
-        g_img = grads[0]
-        if beta_scales == "gradient":
-            g_img = g_img * weight
-        norm = float(g_img.norm())
-        problem = None
-        if not all(bool(torch.isfinite(t).all()) for t in (meta, *grads)):
-            problem = "the meta-loss or meta-gradient is not finite (lower ratbptt.outer_lr or ratbptt.inner_lr)"
-        elif shadow is not None and norm > guard.explode_factor * shadow:
-            problem = (
-                "the meta-gradient norm exploded past guard.explode_factor x its running average "
-                "(lower ratbptt.inner_lr or ratbptt.window)"
-            )
-        else:
-            # meta-gradient clipping: EMA of the norm (shadow <- shadow - 0.1 (shadow - |g|)), then clip to 2 x shadow
-            shadow = norm if shadow is None else shadow - p.clip_ema * (shadow - norm)
-            limit = p.clip_factor * shadow
-            if norm > limit > 0:
-                g_img = g_img * (limit / norm)
-            scale_update = beta_scales == "update" and old > 0
-            _outer_step(outer, images, g_img, weight if scale_update else None)
-            if outer_y is not None:
-                row_weight = weight.view(-1, 1)
-                g_y = grads[1] * row_weight if beta_scales == "gradient" else grads[1]
-                _outer_step(outer_y, targets, g_y, row_weight if scale_update else None)
-                with torch.no_grad():
-                    targets.clamp_(min=0)  # soft labels stay non-negative
-        bad = bad + 1 if problem else 0
-        if bad >= guard.max_bad_steps:
-            raise DistillerError(f"RaT-BPTT ({key}) stopped at step {it}: {bad} bad steps in a row; {problem}")
-        curves.iteration.append(it)
-        curves.meta_loss.append(meta.item())
-        curves.grad_norm.append(norm)
-        curves.warmup_steps.append(warmup)
-        curves.skipped.append(int(problem is not None))
-        advance(1)
-        if store is not None and store.due(it) and it < iterations:
-            tensors = {"images": images, **ckpt.generator_states(gens)}
-            if p.soft_labels:
-                tensors["targets"] = targets
-            state: dict[str, object] = {"iteration": it, "bad": bad, "shadow": shadow, "warmup": warmup}
-            for name, opt in optimizers.items():
-                opt_tensors, state[name] = ckpt.optimizer_state(name, opt)
-                tensors.update(opt_tensors)
-            store.save(key, tensors, {**state, "curves": curves.columns()})
-        if on_iteration is not None:
-            on_iteration(it)
-
-    result = SyntheticSet(
-        images=images.detach().clone(),
-        labels=hard.clone(),
-        lr=None,
-        ipc=ipc,
-        soft_labels=targets.detach().clone() if p.soft_labels else None,
-    )
-    return result, curves

@@ -1,4 +1,4 @@
-"""The synthetic set: images, labels (hard, and soft when learned), the lr to train with, its file and its picture.
+"""The synthetic set: images, labels (hard, and soft when learned), the lr to train with, and its file.
 
 Images are stored class-major in the space of the prepared data (normalised, or ZCA-whitened): image `c * ipc + j`
 is the j-th image of class c, so "the first k images per class" is well defined. A Boost-DD set also records its
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
-from distiller._runtime import DistillerError, atomic_path, load_safetensors, save_safetensors, sha256_tensors
-from distiller.data import Prepared, to_unit
+from distiller.errors import DistillerError
+from distiller.files import load_safetensors, save_safetensors, sha256_tensors
+from distiller.prepared import Prepared
 
 FORMAT = "distiller.synthetic"
 FORMAT_VERSION = "1"
@@ -38,6 +38,15 @@ class SyntheticSet:
     def targets(self) -> torch.Tensor:
         """What a network trains against: the soft labels when learned, else the hard ones."""
         return self.soft_labels if self.soft_labels is not None else self.labels
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """images, labels and (when learned) soft_labels, as stored in files and checkpoints."""
+        out = {"images": self.images, "labels": self.labels}
+        return out if self.soft_labels is None else {**out, "soft_labels": self.soft_labels}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], lr: float | None, ipc: int) -> SyntheticSet:
+        return cls(tensors["images"], tensors["labels"], lr, ipc, tensors.get("soft_labels"))
 
     def prefix(self, k: int) -> SyntheticSet:
         """The first k images of every class (class-major), with their labels."""
@@ -70,10 +79,18 @@ def class_major_labels(num_classes: int, ipc: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(ipc)
 
 
+def initial_images(data: Prepared, ipc: int, init: str, gen: torch.Generator, unit_norm: bool = False) -> torch.Tensor:
+    """Class-major starting images on the CPU: `ipc` random real ones per class, or N(0, 1) pixels (rescaled to unit
+    L2 norm per image with `unit_norm`, RaT-BPTT's default)."""
+    if init == "real":
+        return real_subset(data, ipc, gen)[0].cpu()
+    c, h, w = data.image_shape
+    x = torch.randn(data.num_classes * ipc, c, h, w, generator=gen)
+    return x / x.flatten(1).norm(dim=1).view(-1, 1, 1, 1) if unit_norm else x
+
+
 def save(syn: SyntheticSet, path: Path | str, provenance: dict[str, object]) -> None:
-    tensors = {"images": syn.images, "labels": syn.labels}
-    if syn.soft_labels is not None:
-        tensors["soft_labels"] = syn.soft_labels
+    tensors = syn.tensors()
     meta = {
         "lr": json.dumps(syn.lr),
         "ipc": str(syn.ipc),
@@ -101,30 +118,3 @@ def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
         budgets=tuple(json.loads(meta["budgets"])),
     )
     return syn, json.loads(meta["provenance"])
-
-
-def to_pixels(images: torch.Tensor, data: Prepared) -> torch.Tensor:
-    """Undo the preprocessing (`data.to_unit`) and quantise for viewing: uint8 (N, H, W, C). Lossy; previews only."""
-    return (to_unit(images, data) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def grid_png(images: torch.Tensor, ipc: int, data: Prepared, path: Path | str) -> None:
-    """One row per class, its name on the left; small images are upscaled (nearest) to at least 48 px."""
-    pixels, classes = to_pixels(images, data), data.classes  # (N, H, W, C)
-    n, h, w, c = pixels.shape
-    zoom = max(1, -(-48 // max(h, w)))
-    cell_h, cell_w, pad = h * zoom, w * zoom, 2
-    label_w = 8 + 7 * max(len(name) for name in classes)
-    rows = n // ipc
-    canvas = Image.new("RGB", (label_w + ipc * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i in range(n):
-        row, col = divmod(i, ipc)
-        arr = pixels[i].numpy()
-        tile = Image.fromarray(arr[:, :, 0], "L") if c == 1 else Image.fromarray(arr, "RGB")
-        tile = tile.resize((cell_w, cell_h), Image.Resampling.NEAREST).convert("RGB")
-        canvas.paste(tile, (label_w + pad + col * (cell_w + pad), pad + row * (cell_h + pad)))
-    for row in range(rows):
-        draw.text((4, pad + row * (cell_h + pad) + cell_h // 2 - 5), classes[row], fill="black")
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")

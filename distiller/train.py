@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ class SGDConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     decay_at_half: bool = False  # lr x 0.1 once, at epochs // 2 (MTT's evaluation schedule)
-    optimizer: str = "sgd"  # sgd | adam (RaT-BPTT's inner optimiser; momentum is then unused)
+    optimizer: Literal["sgd", "adam"] = "sgd"  # adam: RaT-BPTT's inner optimiser (momentum is then unused)
 
 
 def train(
@@ -126,7 +127,7 @@ def train_many(
 
 def networks_at_once(parallel: int, count: int) -> int:
     """How many of `count` networks to train at once: `parallel`, or with 0 all of them (on the CPU the gain is
-    modest, 1.1-1.4x, because each network's convolutions dominate; see benchmarks/RESULTS.md)."""
+    modest, 1.1-1.4x, because each network's convolutions dominate; see docs/benchmarks.md)."""
     if parallel == 0:
         return count
     return max(1, min(parallel, count))

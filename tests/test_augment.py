@@ -5,13 +5,13 @@ import torch
 
 from distiller._runtime import generator
 from distiller.augment import augment_pair, dsa
-from distiller.params import AUG_FAMILIES, AugmentParams
+from distiller.params import AUG_FAMILIES, AugmentParams, Families
 
 FAMILIES = list(AUG_FAMILIES)
 
 
 def only(family: str) -> AugmentParams:
-    return dataclasses.replace(AugmentParams(), strategy=family)
+    return dataclasses.replace(AugmentParams(), strategy=Families.parse(family))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

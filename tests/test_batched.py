@@ -8,15 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from distiller import batched, experts, pipeline
+from distiller import batched, experts
 from distiller import train as train_module
 from distiller._runtime import generator
 from distiller.augment import dsa, dsa_many
+from distiller.buffer import load_trajectory
 from distiller.evaluate import protocol_for, score
-from distiller.experts import load_trajectory, train_expert, train_experts
+from distiller.experts import train_expert, train_experts
 from distiller.models import build_model
-from distiller.params import AugmentParams, ModelParams
+from distiller.params import AugmentParams, Families, ModelParams
 from distiller.paths import Layout
+from distiller.stages import download, expert_buffer
 from distiller.synthetic import real_subset
 from distiller.train import SGDConfig, networks_at_once, train, train_many
 
@@ -130,7 +132,7 @@ def test_networks_with_buffers_train_exactly_and_are_refused_by_vmap(digits):
 
 @pytest.mark.parametrize("mode", ["single", "all"])
 def test_dsa_many_draws_each_batch_from_its_own_generator(mode):
-    p = dataclasses.replace(AugmentParams(), strategy="color_crop_cutout_flip_scale_rotate", mode=mode)
+    p = dataclasses.replace(AugmentParams(), strategy=Families.parse("color_crop_cutout_flip_scale_rotate"), mode=mode)
     x = torch.randn(4, 6, 1, 8, 8, generator=generator(0, "x"))
     mine, theirs = [generator(1, k) for k in range(4)], [generator(1, k) for k in range(4)]
     for _ in range(10):  # enough steps for several family groupings in single mode
@@ -152,8 +154,8 @@ def test_expert_buffer_resumes_group_checkpoints_under_another_parallel(tmp_path
     p = dataclasses.replace(tiny, expert=dataclasses.replace(tiny.expert, num_experts=3, epochs=2, parallel=1))
     reference, project = Layout(tmp_path / "ref"), Layout(tmp_path / "p")
     for layout in (reference, project):
-        pipeline.download(p, layout)
-    reference_accuracies = pipeline.expert_buffer(p, reference)
+        download.run(p, layout)
+    reference_accuracies = expert_buffer.run(p, reference)
 
     real = experts.train_experts
     calls: list[list[int]] = []
@@ -167,13 +169,13 @@ def test_expert_buffer_resumes_group_checkpoints_under_another_parallel(tmp_path
     monkeypatch.setattr(experts, "train_experts", killed_after_first_group)
     in_pairs = dataclasses.replace(p, expert=dataclasses.replace(p.expert, parallel=2))
     with pytest.raises(KeyboardInterrupt):
-        pipeline.expert_buffer(in_pairs, project)
+        expert_buffer.run(in_pairs, project)
     assert calls == [[0, 1], [2]] and not project.experts_dir.exists()
 
     calls.clear()
     monkeypatch.setattr(experts, "train_experts", lambda *a, **k: (calls.append(list(a[5])), real(*a, **k))[1])
     all_at_once = dataclasses.replace(p, expert=dataclasses.replace(p.expert, parallel=3))
-    assert pipeline.expert_buffer(all_at_once, project) == reference_accuracies
+    assert expert_buffer.run(all_at_once, project) == reference_accuracies
     assert calls == [[2]]  # experts 0 and 1 came from their checkpoints
     for i in range(3):
         mine, theirs = (

@@ -1,13 +1,17 @@
-"""The CLI contract: helpful --help, a working pipeline, and one-line errors with exit code 2 that write nothing."""
+"""The CLI contract: helpful --help, each command one call into the library, a working pipeline, and one-line errors
+with exit code 2 that write nothing."""
 
 import json
+from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
-from helpers import TINY, write_params
+from helpers import TINY, tiny, write_params
 from typer.testing import CliRunner
 
 from distiller.cli import app
+from distiller.params import Families, load_params
 from distiller.paths import Layout
 from distiller.synthetic import load as load_synthetic
 
@@ -34,6 +38,52 @@ def test_help_explains_every_command():
         assert invoke(command, "--help").exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("args", "stage", "expected"),
+    [
+        (["evaluate"], "evaluate", {}),
+        (["expert-buffer", "-S", "expert.epochs=2"], "expert_buffer", {"expert.epochs": 2}),
+        (["distill", "--ipc", "3", "--iterations", "7"], "distill", {"distill.ipc": 3, "mtt.iterations": 7}),
+        (
+            ["distill", "-S", "distill.method=ratbptt", "--iterations", "9"],
+            "distill",
+            {"distill.method": "ratbptt", "ratbptt.iterations": 9},
+        ),
+        (["download", "--source", "mnist"], "download", {"data.source": "mnist"}),
+        (["package", "-S", "augment.strategy=crop"], "package", {"augment.strategy": "crop"}),
+    ],
+)
+def test_each_stage_command_is_one_call_into_its_stage_module(tiny_yaml: Path, args, stage, expected):
+    """fastapi-cli style: the library call patched, the exact params it receives and the summary it prints asserted."""
+    with (
+        patch(f"distiller.stages.{stage}.run", return_value="RESULT") as run,
+        patch(f"distiller.stages.{stage}.summary", return_value="the summary") as summary,
+    ):
+        result = invoke(*args, "--params", str(tiny_yaml), "--root", str(tiny_yaml.parent))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "the summary\n"
+    (p, layout, _reporter), options = run.call_args
+    assert p == load_params(tiny_yaml, expected) and layout == Layout(tiny_yaml.parent)
+    assert options == ({"from_dir": None} if stage == "download" else {})
+    summary.assert_called_once_with("RESULT")
+    if stage == "package":
+        assert p.augment.strategy == Families(("crop",))
+
+
+def test_download_from_dir_is_passed_through(tiny_yaml: Path, tmp_path: Path):
+    with patch("distiller.stages.download.run") as run, patch("distiller.stages.download.summary", return_value=""):
+        result = invoke("download", "--params", str(tiny_yaml), "--from", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert run.call_args.kwargs == {"from_dir": tmp_path}
+
+
+def test_params_command_prints_every_key_with_its_help(tiny_yaml: Path):
+    result = invoke("params")
+    assert result.exit_code == 0 and "  ipc: 10" in result.stdout and "# synthetic images per class" in result.stdout
+    shown = invoke("params", "--params", str(tiny_yaml), "-S", "distill.ipc=4").stdout
+    assert "  ipc: 4 " in shown and "  width: 8 " in shown
+
+
 @pytest.fixture
 def project(tmp_path, tiny_yaml):
     return tmp_path
@@ -46,6 +96,7 @@ def run_stage(project, command, *extra):
 
 
 def test_stages_run_in_order_and_write_their_outputs(project):
+    write_params(project / "params.yaml", tiny(distill={"ipc": 2}, evaluate={"prefixes": True}))
     layout = Layout(project)
     assert "1347 train / 450 test" in run_stage(project, "download").stdout
     assert "2 experts" in run_stage(project, "expert-buffer").stdout
@@ -54,7 +105,7 @@ def test_stages_run_in_order_and_write_their_outputs(project):
         "expert_001.safetensors",
         "manifest.json",
     ]
-    assert "distilled 10 images" in run_stage(project, "distill").stdout
+    assert "distilled 20 images" in run_stage(project, "distill").stdout
     assert {p.name for p in layout.distill_dir.iterdir()} == {
         "synthetic.safetensors",
         "curves.csv",
@@ -63,11 +114,12 @@ def test_stages_run_in_order_and_write_their_outputs(project):
     }
     assert layout.curves.read_text().splitlines()[0] == "iteration,loss,syn_lr,expert,start_epoch,skipped"
     out = run_stage(project, "evaluate").stdout
-    assert "distilled (mtt, ipc 1)" in out and "random real" in out and "full data" in out
+    assert "distilled (mtt, ipc 2)" in out and "random real" in out and "full data" in out and "ipc   1:" in out
 
     metrics = json.loads(layout.evaluate_metrics.read_text())
     assert {"dataset", "method", "ipc", "accuracy", "baselines", "protocol", "seconds"} <= set(metrics)
-    assert metrics["dataset"] == "digits" and metrics["method"] == "mtt" and metrics["ipc"] == 1
+    assert metrics["dataset"] == "digits" and metrics["method"] == "mtt" and metrics["ipc"] == 2
+    assert set(metrics["budgets"]) == {"1", "2"}  # evaluate.prefixes: the prefix of the MTT set is scored too
     for result in (metrics["accuracy"], metrics["baselines"]["random_real"]):
         assert len(result["runs"]) == TINY["evaluate"]["num_eval"]
         assert all(0 <= a <= 1 for a in result["runs"]) and 0 <= result["mean"] <= 1
@@ -75,7 +127,8 @@ def test_stages_run_in_order_and_write_their_outputs(project):
     assert metrics["protocol"]["momentum"] == 0.9 and metrics["protocol"]["augmentation"]["kind"] == "dsa"
 
     assert "packaged" in run_stage(project, "package").stdout
-    assert (project / "datasets" / "digits-distilled-ipc1" / "ipc1" / "train-00000-of-00001.parquet").is_file()
+    for k in (1, 2):
+        assert (project / "datasets" / "digits-distilled-ipc2" / f"ipc{k}" / "train-00000-of-00001.parquet").is_file()
 
     # no temporary files are left beside the outputs
     leftovers = [p for p in project.rglob(".*") if p.name.endswith((".tmp", ".old"))]

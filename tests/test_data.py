@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from distiller._runtime import DistillerError
-from distiller.data import load_prepared, prepare, save_prepared, stratified_split
+from distiller.data import prepare, stratified_split
+from distiller.errors import DistillerError
 from distiller.params import DataParams
+from distiller.prepared import load_prepared, save_prepared
 
 
 def test_digits_split_is_stratified_and_fixed(digits):
@@ -57,7 +58,7 @@ def test_unknown_source_is_refused():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# ZCA whitening (MTT's variant, methods.md 1.3)
+# ZCA whitening (MTT's variant, docs/methods.md)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_zca_with_a_small_eps_gives_identity_covariance():
 
 
 def test_zca_inverse_round_trips_to_pixels(zca):
-    from distiller.data import preprocess, to_unit
+    from distiller.prepared import preprocess, to_unit
 
     pixels = _digit_pixels()[zca.test_indices]
     assert torch.allclose(to_unit(zca.test_images, zca), pixels, atol=1e-5)

@@ -16,11 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-def sh(cwd: Path, *args: str) -> str:
+def sh(cwd: Path, *args: str, quiet: bool = False) -> str:
+    """stdout and stderr of a command that must succeed (stdout alone with `quiet`)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
+    return result.stdout if quiet else result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -77,7 +78,33 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_params(repo: Path):
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["ratbptt"]["iterations"] += 1
     write_params(repo / "params.yaml", raw)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    status = subprocess.run([*dvc, "status", "--json"], cwd=repo, env=env, capture_output=True, text=True, check=True)
-    stale = json.loads(status.stdout)
+    stale = json.loads(sh(repo, *dvc, "status", "--json", quiet=True))
     assert "distill" in stale and "expert-buffer" not in stale
+
+
+def test_an_edited_module_makes_exactly_the_stages_that_run_it_stale(repo: Path):
+    """The defect this guards against: a stage body edited while dvc.yaml does not list its module. Every module of
+    a stage's import closure is a dep (tests/test_dvc_deps.py), so `dvc status` names exactly the stages that run it."""
+    dvc = [sys.executable, "-m", "dvc"]
+    sh(repo, *dvc, "repro")
+
+    def stale_after_editing(module: str) -> set[str]:
+        path = repo / module
+        original = path.read_text()
+        path.write_text(original.replace('"""', '"""Edited. ', 1))  # one line of the module changes
+        try:
+            return set(json.loads(sh(repo, *dvc, "status", "--json", quiet=True)))
+        finally:
+            path.write_text(original)
+
+    assert stale_after_editing("distiller/stages/evaluate.py") == {"evaluate"}
+    assert stale_after_editing("distiller/scorecard.py") == {"evaluate"}
+    assert stale_after_editing("distiller/mtt.py") == {"distill"}
+    assert stale_after_editing("distiller/readme.py") == {"package"}
+    assert stale_after_editing("distiller/params.py") == {"download", "expert-buffer", "distill", "evaluate", "package"}
+
+    path = repo / "distiller/stages/evaluate.py"
+    path.write_text(path.read_text().replace('"""', '"""Edited. ', 1))
+    out = sh(repo, *dvc, "repro")
+    assert "Running stage 'evaluate'" in out and "Running stage 'distill'" not in out
+    assert "Running stage 'download'" not in out and "Running stage 'expert-buffer'" not in out

@@ -8,34 +8,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY
+from helpers import make_project, tiny
 
-from distiller import pipeline
-from distiller._runtime import DistillerError
+from distiller import scorecard
+from distiller.errors import DistillerError
 from distiller.params import Params, params_from_dict
 from distiller.paths import Layout
+from distiller.stages import distill, evaluate, expert_buffer, package
 
 
-def _params(**evaluate: object) -> Params:
-    raw = json.loads(json.dumps(TINY))
-    raw["distill"] = {"ipc": 2, "budgets": [1]}
-    raw["evaluate"] = {**raw["evaluate"], "epochs": 2, "full_data_runs": 0, **evaluate}
-    return params_from_dict(raw)
+def _raw(**evaluate: object) -> dict:
+    return tiny(distill={"ipc": 2, "budgets": [1]}, evaluate={"epochs": 2, "full_data_runs": 0, **evaluate})
 
 
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Layout]:
-    p = _params(archs=["convnet", "alexnet"])
-    layout = Layout(tmp_path_factory.mktemp("archs"))
-    pipeline.download(p, layout)
-    pipeline.expert_buffer(p, layout)
-    pipeline.distill(p, layout)
-    return p, layout
+    raw = _raw(archs=["convnet", "alexnet"], prefixes=True)
+    root = make_project(tmp_path_factory.mktemp("archs"), raw, "download", "expert-buffer", "distill")
+    return params_from_dict(raw), Layout(root)
 
 
 def test_metrics_report_every_architecture(distilled):
     p, layout = distilled
-    metrics = pipeline.evaluate(p, layout)
+    metrics = evaluate.run(p, layout)
     assert metrics == json.loads(layout.evaluate_metrics.read_text())
     archs = metrics["architectures"]
     assert list(archs) == ["convnet", "alexnet"]
@@ -48,7 +43,7 @@ def test_metrics_report_every_architecture(distilled):
     assert not any(name.startswith("alexnet ipc 1") for name in metrics["seconds"])
     assert metrics["protocol"]["architecture"]["arch"] == "convnet"
 
-    folder = pipeline.package_stage(p, layout)
+    folder = package.run(p, layout)
     card = (folder / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])["distiller"]
     assert set(meta["cross_architecture"]) == {"convnet", "alexnet"}
@@ -60,25 +55,26 @@ def test_metrics_report_every_architecture(distilled):
 def test_default_is_the_distillation_architecture_alone(distilled):
     p, layout = distilled
     p = dataclasses.replace(p, evaluate=dataclasses.replace(p.evaluate, archs=()))
-    metrics = pipeline.evaluate(p, layout)
+    metrics = evaluate.run(p, layout)
     assert metrics["architectures"] == {"convnet": metrics["accuracy"]}
-    meta = yaml.safe_load((pipeline.package_stage(p, layout) / "README.md").read_text().split("---")[1])["distiller"]
+    meta = yaml.safe_load((package.run(p, layout) / "README.md").read_text().split("---")[1])["distiller"]
     assert "cross_architecture" not in meta and "architectures" not in meta["protocol"]
 
 
 def test_an_architecture_too_big_for_the_images_fails_before_training(distilled, monkeypatch):
     p, layout = distilled
     p = dataclasses.replace(p, evaluate=dataclasses.replace(p.evaluate, archs=("convnet", "vgg11")))
-    monkeypatch.setattr(pipeline, "score", lambda *a, **k: pytest.fail("trained before checking the architectures"))
+    monkeypatch.setattr(scorecard, "score", lambda *a, **k: pytest.fail("trained before checking the architectures"))
     with pytest.raises(DistillerError, match=r"vgg11 needs images of at least 32x32 .*got 8x8"):
-        pipeline.evaluate(p, layout)
+        evaluate.run(p, layout)
 
 
 def test_distillation_refuses_another_architecture(tmp_path: Path):
-    p = dataclasses.replace(_params(), model=dataclasses.replace(_params().model, arch="resnet18"))
-    for stage in (pipeline.expert_buffer, pipeline.distill):
+    p = params_from_dict(_raw())
+    p = dataclasses.replace(p, model=dataclasses.replace(p.model, arch="resnet18"))
+    for stage in (expert_buffer, distill):
         with pytest.raises(DistillerError, match="experts and distillation use the convnet; list other"):
-            stage(p, Layout(tmp_path))
+            stage.run(p, Layout(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -91,5 +87,5 @@ def test_distillation_refuses_another_architecture(tmp_path: Path):
 )
 def test_bad_archs_name_the_key(archs, message):
     with pytest.raises(DistillerError) as err:
-        _params(archs=archs)
+        params_from_dict(_raw(archs=archs))
     assert message in str(err.value)

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from distiller._runtime import DistillerError
-from distiller.experts import load_buffer, load_trajectory, manifest, save_trajectory, train_expert, write_manifest
+from distiller.buffer import load_buffer, load_trajectory, manifest, save_trajectory, write_manifest
+from distiller.errors import DistillerError
+from distiller.experts import train_expert
 from distiller.params import ModelParams
 
 

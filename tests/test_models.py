@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from distiller._runtime import DistillerError, generator
+from distiller._runtime import generator
+from distiller.errors import DistillerError
 from distiller.models import build_model, describe
 from distiller.params import ModelParams
 

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from distiller._runtime import generator
-from distiller.experts import ExpertBuffer, train_expert
+from distiller.buffer import ExpertBuffer
+from distiller.experts import train_expert
 from distiller.models import build_model
 from distiller.mtt import distill, minibatches, mtt_loss, student_unroll
-from distiller.params import AugmentParams, ModelParams
+from distiller.params import AugmentParams, Families, ModelParams
+from distiller.run import Context
 
 
 def test_functional_unroll_matches_torch_optim_sgd_on_the_module():
@@ -52,7 +54,7 @@ def test_meta_gradient_matches_finite_differences_in_float64():
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
     target = {k: v + 0.1 * torch.randn(v.shape, generator=generator(1, k), dtype=v.dtype) for k, v in start.items()}
     labels = torch.tensor([0, 1, 0, 1])
-    augment = dataclasses.replace(AugmentParams(), strategy="scale_rotate_color")
+    augment = dataclasses.replace(AugmentParams(), strategy=Families.parse("scale_rotate_color"))
 
     def loss_fn(images: torch.Tensor, syn_lr: torch.Tensor) -> torch.Tensor:
         theta0 = {k: v.clone().requires_grad_(True) for k, v in start.items()}
@@ -69,9 +71,10 @@ def test_distill_is_bitwise_reproducible_and_keeps_syn_lr_positive(digits, tiny)
     device = torch.device("cpu")
     trajectories = [train_expert(digits, tiny.model, tiny.expert, tiny.augment, 0, i, device)[0] for i in range(2)]
     buffer = ExpertBuffer(trajectories, {})
-    a, curves_a = distill(digits, buffer, tiny, device)
-    b, _ = distill(digits, buffer, tiny, device)
-    assert torch.equal(a.images, b.images) and a.lr == b.lr and curves_a.loss
-    wild = dataclasses.replace(tiny, mtt=dataclasses.replace(tiny.mtt, lr_lr=10.0, syn_lr_floor=1e-4))
-    c, curves = distill(digits, buffer, wild, device)
-    assert min(curves.syn_lr) == pytest.approx(1e-4) and c.lr > 0  # clamped at the floor (float32)
+    ctx = Context(digits, tiny.model, tiny.augment, tiny.seed, device)
+    a, curves_a = distill(ctx, buffer, tiny.mtt, 1, tiny.expert.lr)
+    b, _ = distill(ctx, buffer, tiny.mtt, 1, tiny.expert.lr)
+    assert torch.equal(a.images, b.images) and a.lr == b.lr and curves_a["loss"]
+    wild = dataclasses.replace(tiny.mtt, lr_lr=10.0, syn_lr_floor=1e-4)
+    c, curves = distill(ctx, buffer, wild, 1, tiny.expert.lr)
+    assert min(curves["syn_lr"]) == pytest.approx(1e-4) and c.lr > 0  # clamped at the floor (float32)

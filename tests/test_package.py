@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY
+from helpers import STAGES, TINY, make_project, tiny
 from typer.testing import CliRunner
 
-from distiller import package, pipeline
+from distiller import package
 from distiller.cli import app
-from distiller.data import load_prepared
 from distiller.params import params_from_dict
 from distiller.paths import Layout
+from distiller.prepared import load_prepared
 from distiller.synthetic import load as load_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,22 +25,16 @@ runner = CliRunner()
 
 
 def _build(root: Path, **sections: dict) -> Path:
-    raw = json.loads(json.dumps(TINY))
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
+    raw = tiny(**sections)
+    make_project(root, raw, *STAGES)
     p = params_from_dict(raw)
-    layout = Layout(root)
-    pipeline.download(p, layout)
-    pipeline.expert_buffer(p, layout)
-    pipeline.distill(p, layout)
-    pipeline.evaluate(p, layout)
-    return pipeline.package_stage(p, layout)
+    return Layout(root).package_dir(p.data.source, p.distill.ipc)
 
 
 @pytest.fixture(scope="module")
 def mtt_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MTT at 3 images per class, packaged with budgets 1, 2, 3 (prefixes of one set)."""
-    return _build(tmp_path_factory.mktemp("mtt"), distill={"ipc": 3, "budgets": [1, 2]})
+    """MTT at 3 images per class, packaged with budgets 1, 2, 3 (prefixes of one set, `evaluate.prefixes`)."""
+    return _build(tmp_path_factory.mktemp("mtt"), distill={"ipc": 3, "budgets": [1, 2]}, evaluate={"prefixes": True})
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +173,7 @@ def test_zca_transform_is_packaged_with_the_set(tmp_path: Path):
     from PIL import Image
     from safetensors import safe_open
 
-    from distiller.data import to_unit
+    from distiller.prepared import to_unit
 
     folder = _build(tmp_path, data={"preprocess": "zca"}, evaluate={"full_data_runs": 0})
     prepared = load_prepared(Layout(tmp_path).prepared)
@@ -201,6 +195,25 @@ def test_zca_transform_is_packaged_with_the_set(tmp_path: Path):
     assert isinstance(ds[0]["image"], Image.Image) and ds[0]["label"] == 0
     assert torch.equal(torch.tensor(np.array(ds[0]["image"])), expected)
     assert runner.invoke(app, ["validate", str(folder)]).exit_code == 0
+
+
+@pytest.mark.parametrize("which", ["mtt", "rat"])
+def test_card_to_contract_to_card_is_the_same_text(which, mtt_folder: Path, rat_folder: Path):
+    """The card's `distiller:` mapping is a typed contract, and the whole README is rendered from it alone."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard
+
+    from distiller.contract import Contract
+    from distiller.readme import render
+
+    folder = {"mtt": mtt_folder, "rat": rat_folder}[which]
+    card = DatasetCard.load(folder / "README.md")
+    mapping = card.data.to_dict()["distiller"]
+    contract = Contract.from_dict(mapping)
+    assert contract.to_dict() == mapping and Contract.from_dict(contract.to_dict()) == contract
+    assert contract.budgets[contract.default_config].images_per_class == (3 if which == "mtt" else 2)
+    infos = DatasetInfosDict.from_dataset_card_data(card.data)
+    assert render(contract, infos) == (folder / "README.md").read_text()
 
 
 def test_validate_accepts_the_folder(mtt_folder: Path):
@@ -242,6 +255,11 @@ def _card_edit(old: str, new: str):
         ),
         (lambda f: (f / "preprocessing/split.safetensors").write_bytes(b"junk"), "sidecar missing or unreadable"),
         (lambda f: (f / "README.md").write_text("---\nlicense: [\n---\n"), "does not parse"),
+        (_card_edit("rows: 20", "rows: twenty"), "distiller.budgets.ipc2.rows must be an integer, got 'twenty'"),
+        (_card_edit("  method: mtt\n", "  method: gan\n"), "distiller.method must be one of 'mtt', 'ratbptt'"),
+        (_card_edit("  default_config: ipc3\n", ""), "distiller.default_config is missing"),
+        (_card_edit("  nested:", "  nestd:"), "unknown key 'distiller.nestd' (did you mean 'distiller.nested'?)"),
+        (_card_edit("path: ipc1/train-*.parquet", "path: /etc/passwd"), "give relative paths"),
     ],
 )
 def test_validate_refuses_a_broken_folder_in_one_line(mtt_folder: Path, tmp_path: Path, edit, fragment):
@@ -271,6 +289,7 @@ def test_package_refuses_stale_inputs_by_name(mtt_folder: Path):
     assert result.exit_code == 2 and "distill.ipc 4" in result.stderr, result.output
 
 
+@pytest.mark.integration
 def test_the_card_alone_reproduces_training(mtt_folder: Path, tmp_path: Path):
     """The example script (datasets, torch, the card; no distiller) trains on a config and prints both figures."""
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}

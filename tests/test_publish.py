@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import importlib
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -15,13 +14,11 @@ from types import SimpleNamespace
 from unittest.mock import create_autospec, patch
 
 import pytest
-from helpers import TINY
+from helpers import STAGES, make_project, tiny
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from distiller import pipeline
 from distiller.cli import app
-from distiller.params import params_from_dict
 from distiller.paths import Layout
 
 runner = CliRunner()
@@ -33,15 +30,9 @@ LIVE_TOKEN = os.environ.get("HF_TOKEN", "")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = json.loads(json.dumps(TINY))
-    raw["distill"] = {"ipc": 2, "budgets": [1, 2]}
-    p = params_from_dict(raw)
-    layout = Layout(tmp_path_factory.mktemp("pub"))
-    pipeline.download(p, layout)
-    pipeline.expert_buffer(p, layout)
-    pipeline.distill(p, layout)
-    pipeline.evaluate(p, layout)
-    return pipeline.package_stage(p, layout)
+    raw = tiny(distill={"ipc": 2, "budgets": [1, 2]}, evaluate={"prefixes": True})
+    root = make_project(tmp_path_factory.mktemp("pub"), raw, *STAGES)
+    return Layout(root).package_dir("digits", 2)
 
 
 def fake_api(tags: tuple[str, ...] = ()):

@@ -8,8 +8,18 @@ import torch
 from distiller import boost, ratbptt
 from distiller._runtime import generator
 from distiller.models import build_model
-from distiller.params import AugmentParams, ModelParams, Params, RatBPTTParams, params_from_dict
+from distiller.params import (
+    AugmentParams,
+    Families,
+    ModelParams,
+    Params,
+    RatBPTTParams,
+    effective_budgets,
+    params_from_dict,
+)
 from distiller.ratbptt import MetaBatch, draw_warmup, inner_optimizer, ratbptt_meta_loss, real_loss, unroll
+from distiller.run import Context
+from distiller.synthetic import initial_images
 
 
 def _window_problem(optimizer: str):
@@ -17,7 +27,7 @@ def _window_problem(optimizer: str):
     model = build_model(ModelParams(width=3), (1, 8, 8), 3, generator(0, "net")).double()
     theta0 = {k: v.detach() for k, v in model.named_parameters()}
     p = RatBPTTParams(horizon=3, window=2, inner_optimizer=optimizer, inner_lr=0.05, batch_per_class=2, real_batch=12)
-    aug = AugmentParams(strategy="crop_scale_rotate")
+    aug = AugmentParams(strategy=Families.parse("crop_scale_rotate"))
     real_x = torch.randn(12, 1, 8, 8, dtype=torch.float64, generator=generator(1))
     real_y = torch.arange(3).repeat(4)
     labels = torch.arange(3).repeat_interleave(2)
@@ -102,21 +112,26 @@ def _tiny(**overrides: object) -> Params:
     return params_from_dict(raw)
 
 
+def context(digits, p: Params) -> Context:
+    return Context(digits, p.model, p.augment, p.seed, torch.device("cpu"), p.guard)
+
+
+def boosted(digits, p: Params, references: bool) -> boost.BoostResult:
+    return boost.boost(context(digits, p), p.ratbptt, p.boost, effective_budgets(p.distill), references=references)
+
+
 def test_distill_is_bitwise_reproducible_and_window_draws_are_recorded(digits):
     p = _tiny()
-    runs = [
-        ratbptt.distill(digits, p.ratbptt, p.model, p.augment, p.seed, 2, torch.device("cpu"), iterations=4, key="k")
-        for _ in range(2)
-    ]
+    runs = [ratbptt.distill(context(digits, p), p.ratbptt, 2, iterations=4, key="k") for _ in range(2)]
     (a, ca), (b, cb) = runs
     assert torch.equal(a.images, b.images)
-    assert ca.warmup_steps == cb.warmup_steps and all(0 <= s <= 2 for s in ca.warmup_steps)
-    assert not torch.equal(a.images, ratbptt.initial_images(digits, 2, "real", generator(3, "ratbptt-init", "k")))
+    assert ca["warmup_steps"] == cb["warmup_steps"] and all(0 <= s <= 2 for s in ca["warmup_steps"])
+    assert not torch.equal(a.images, initial_images(digits, 2, "real", generator(3, "ratbptt-init", "k")))
 
 
 def test_boosting_with_beta_zero_is_nested(digits):
     """With beta = 0 the earlier blocks are frozen: the budget-k prefix of the final set is the set after stage k."""
-    result = boost.boost(digits, _tiny(), torch.device("cpu"), references=False)
+    result = boosted(digits, _tiny(), references=False)
     assert result.boosted.budgets == (1, 2, 3)
     for stage in result.stages:
         prefix = result.boosted.prefix(stage.ipc)
@@ -127,7 +142,7 @@ def test_boosting_with_beta_zero_is_nested(digits):
 
 
 def test_boosting_with_beta_one_moves_earlier_blocks_and_references_are_direct(digits):
-    result = boost.boost(digits, _tiny(**{"boost.beta": 1.0}), torch.device("cpu"), references=True)
+    result = boosted(digits, _tiny(**{"boost.beta": 1.0}), references=True)
     assert not torch.equal(result.boosted.prefix(1).images, result.stages[0].images)
     assert sorted(result.direct) == [1, 2, 3]
     assert result.direct[1] is result.stages[0]
@@ -136,9 +151,7 @@ def test_boosting_with_beta_one_moves_earlier_blocks_and_references_are_direct(d
 
 def test_soft_labels_are_learned_and_stay_non_negative(digits):
     p = _tiny(**{"ratbptt.soft_labels": True, "ratbptt.outer_lr": 0.5})
-    syn, _ = ratbptt.distill(
-        digits, p.ratbptt, p.model, p.augment, p.seed, 1, torch.device("cpu"), iterations=3, key="soft"
-    )
+    syn, _ = ratbptt.distill(context(digits, p), p.ratbptt, 1, iterations=3, key="soft")
     assert syn.soft_labels is not None and syn.soft_labels.shape == (10, 10)
     assert (syn.soft_labels >= 0).all()
     assert not torch.equal(syn.soft_labels, torch.eye(10))

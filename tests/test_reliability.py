@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -16,34 +15,44 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import TINY, write_params
+from helpers import TINY, make_project, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from distiller import checkpoint as ckpt
-from distiller import mtt, ratbptt
-from distiller._runtime import DistillerError
+from distiller import files, mtt, ratbptt
+from distiller.buffer import load_buffer, load_trajectory
 from distiller.cli import app
-from distiller.experts import load_trajectory
+from distiller.errors import DistillerError
 from distiller.params import Params, load_params, params_from_dict
 from distiller.paths import Layout
+from distiller.prepared import load_prepared
+from distiller.run import Context
 from distiller.synthetic import load as load_synthetic
 
 runner = CliRunner()
 
+# `python -c SLOW_RENAME ...` runs the CLI with every rename of a checkpoint file delayed by a second, so that a kill
+# lands while a checkpoint is written and not yet renamed over the previous one.
+SLOW_RENAME = """
+import os, sys, time
+real = os.replace
+def slow(src, dst, *a, **k):
+    if str(dst).endswith(".safetensors") and "/.checkpoints/" in str(dst):
+        time.sleep(1)
+    return real(src, dst, *a, **k)
+os.replace = slow
+from distiller.cli import main
+sys.argv[0] = "distiller"
+main()
+"""
 
-def tiny(**sections: dict) -> dict:
-    raw = json.loads(json.dumps(TINY))
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return raw
 
-
-def cli(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "distiller", *args, "--params", str(project / "params.yaml"), "--root", str(project)]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def cli(project: Path, *args: str, slow_checkpoints: bool = False) -> subprocess.Popen:
+    launch = ["-c", SLOW_RENAME] if slow_checkpoints else ["-m", "distiller"]
+    cmd = [sys.executable, *launch, *args, "--params", str(project / "params.yaml"), "--root", str(project)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_cli(project: Path, *args: str) -> str:
@@ -77,15 +86,6 @@ def reference_and_copy(base: Path, root: Path, stage: str) -> tuple[Path, Path]:
     return ref, project
 
 
-def make_project(root: Path, raw: dict, *stages: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    write_params(root / "params.yaml", raw)
-    for stage in stages:
-        result = runner.invoke(app, [stage, "--params", str(root / "params.yaml"), "--root", str(root)])
-        assert result.exit_code == 0, result.output
-    return root
-
-
 MTT_RUN = tiny(mtt={"iterations": 300}, distill={"ipc": 1, "checkpoint_every": 10})
 
 
@@ -100,6 +100,7 @@ def mtt_reference(tmp_path_factory) -> tuple[Path, torch.Tensor, str]:
     return base, syn.images, Layout(ref).curves.read_text()
 
 
+@pytest.mark.integration
 def test_sigkill_mid_run_then_rerun_resumes_bitwise_equal(mtt_reference, tmp_path: Path):
     base, images, curves = mtt_reference
     project = tmp_path / "p"
@@ -115,16 +116,17 @@ def test_sigkill_mid_run_then_rerun_resumes_bitwise_equal(mtt_reference, tmp_pat
     assert not Layout(project).checkpoints("distill").exists()  # removed once the outputs are complete
 
 
+@pytest.mark.integration
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(mtt_reference, tmp_path: Path):
     base, images, _ = mtt_reference
     project = tmp_path / "p"
     shutil.copytree(base, project)
     directory = Layout(project).checkpoints("distill")
-    proc = cli(project, "distill", env={"DISTILLER_TEST_CHECKPOINT_PAUSE": "1"})
+    proc = cli(project, "distill", slow_checkpoints=True)
     # the second checkpoint is half-way: its temporary file is written and not yet renamed over the first
     kill_when(proc, lambda: (directory / "mtt.safetensors").exists() and any(directory.glob(".mtt.safetensors.*.tmp")))
     store = ckpt.Store(directory, "any", 10)
-    tensors, meta = ckpt.load_safetensors(directory / "mtt.safetensors", ckpt.FORMAT, ckpt.FORMAT_VERSION, "ckpt")
+    tensors, meta = files.load_safetensors(directory / "mtt.safetensors", ckpt.FORMAT, ckpt.FORMAT_VERSION, "ckpt")
     assert json.loads(meta["state"])["iteration"] == 10 and "images" in tensors
     assert store.load("mtt") is None  # another fingerprint: a stale checkpoint is ignored, not trusted
     out = run_cli(project, "distill")
@@ -133,6 +135,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(mtt_reference,
     assert torch.equal(syn.images, images)
 
 
+@pytest.mark.integration
 def test_ratbptt_boosting_resumes_finished_and_interrupted_runs(tmp_path: Path):
     raw = tiny(
         distill={"method": "ratbptt", "ipc": 2, "budgets": [1, 2], "checkpoint_every": 2},
@@ -154,12 +157,13 @@ def test_ratbptt_boosting_resumes_finished_and_interrupted_runs(tmp_path: Path):
         assert torch.equal(mine.images, theirs.images) and torch.equal(mine.soft_labels, theirs.soft_labels)
 
 
+@pytest.mark.integration
 def test_expert_buffer_resumes_after_the_last_finished_expert(tmp_path: Path):
     raw = tiny(expert={"num_experts": 4, "epochs": 3})
     base = make_project(tmp_path / "base", raw, "download")
     ref, project = reference_and_copy(base, tmp_path, "expert-buffer")
     directory = Layout(project).checkpoints("expert-buffer")
-    kill_when(cli(project, "expert-buffer"), (directory / "expert_001.safetensors").exists)
+    kill_when(cli(project, "expert-buffer"), (directory / "done-expert_001.safetensors").exists)
     assert not Layout(project).experts_dir.exists()
     assert list(Layout(project).experts_dir.parent.glob(".experts.*.tmp"))  # the killed run's partial directory
     run_cli(project, "expert-buffer")
@@ -191,16 +195,21 @@ def test_mtt_skips_non_finite_steps_counts_them_and_continues(prepared: Path, mo
         return loss * float("nan") if calls["n"] in (2, 3) else loss
 
     monkeypatch.setattr(mtt, "mtt_loss", flaky)
+    real_step, seen = mtt.outer_step, []
+
+    def recorded(loss, images, *args):
+        problem = real_step(loss, images, *args)
+        seen.append(images.detach().clone())
+        return problem
+
+    monkeypatch.setattr(mtt, "outer_step", recorded)
     p = params_from_dict(tiny(mtt={"iterations": 6}))
     layout = Layout(prepared)
-    from distiller.data import load_prepared
-    from distiller.experts import load_buffer
-
     data = load_prepared(layout.prepared)
     buffer = load_buffer(layout.experts_dir, data, p.model, 2)
-    seen: list[torch.Tensor] = []
-    syn, curves = mtt.distill(data, buffer, p, torch.device("cpu"), on_iteration=lambda it, s: seen.append(s.images))
-    assert curves.skipped == [0, 1, 1, 0, 0, 0]
+    ctx = Context(data, p.model, p.augment, p.seed, torch.device("cpu"), p.guard)
+    syn, curves = mtt.distill(ctx, buffer, p.mtt, 1, p.expert.lr)
+    assert curves["skipped"] == [0, 1, 1, 0, 0, 0]
     assert torch.equal(seen[0], seen[1]) and torch.equal(seen[1], seen[2])  # skipped steps leave the images alone
     assert not torch.equal(seen[2], seen[3]) and torch.isfinite(syn.images).all()
 
@@ -244,15 +253,12 @@ def test_ratbptt_skips_non_finite_and_exploding_meta_gradients(digits, monkeypat
 
     monkeypatch.setattr(ratbptt, "ratbptt_meta_loss", flaky)
     p = params_from_dict(tiny(ratbptt={"iterations": 6}))
-    _, curves = ratbptt.distill(
-        digits, p.ratbptt, p.model, p.augment, 0, 1, torch.device("cpu"), iterations=6, key="guard", guard=p.guard
-    )
-    assert curves.skipped == [0, 1, 0, 1, 0, 0]
+    ctx = Context(digits, p.model, p.augment, 0, torch.device("cpu"), p.guard)
+    _, curves = ratbptt.distill(ctx, p.ratbptt, 1, iterations=6, key="guard")
+    assert curves["skipped"] == [0, 1, 0, 1, 0, 0]
     monkeypatch.setattr(ratbptt, "ratbptt_meta_loss", lambda *a: real(*a) * float("nan"))
     with pytest.raises(DistillerError, match="5 bad steps in a row; the meta-loss or meta-gradient is not finite"):
-        ratbptt.distill(
-            digits, p.ratbptt, p.model, p.augment, 0, 1, torch.device("cpu"), iterations=6, key="g", guard=p.guard
-        )
+        ratbptt.distill(ctx, p.ratbptt, 1, iterations=6, key="g")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Sources, from tiny files in each real on-disk format: MNIST IDX gz, CIFAR python batches, parquet, image folders.
 
 After torchvision's `inject_fake_data`: nothing is downloaded. The fake archives' MD5s are injected into
-`sources.CHECKSUMS` (and, for the CIFAR batches torchvision checks itself, into its class attributes).
+`archives.CHECKSUMS` (and, for the CIFAR batches torchvision checks itself, into its class attributes).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from distiller import sources
-from distiller._runtime import DistillerError
 from distiller.cli import app
-from distiller.data import load_prepared, prepare, to_unit
+from distiller.data import prepare
+from distiller.errors import DistillerError
 from distiller.params import DataParams
 from distiller.paths import Layout
+from distiller.prepared import load_prepared, to_unit
+from distiller.sources import archives
 
 runner = CliRunner()
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -52,7 +53,7 @@ def mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[s
     src.mkdir()
     for name, array in arrays.items():
         write_idx_gz(src / f"{name}.gz", array)
-    monkeypatch.setitem(sources.CHECKSUMS, "mnist", {f"{n}.gz": sources.md5(src / f"{n}.gz") for n in arrays})
+    monkeypatch.setitem(archives.CHECKSUMS, "mnist", {f"{n}.gz": archives.md5(src / f"{n}.gz") for n in arrays})
     return src, arrays
 
 
@@ -78,10 +79,10 @@ def assert_one_line_error(result, *fragments: str) -> str:
 def test_checksums_come_from_torchvision(monkeypatch: pytest.MonkeyPatch):
     from torchvision.datasets import CIFAR100, MNIST, FashionMNIST
 
-    monkeypatch.setattr(sources, "CHECKSUMS", {})
-    assert sources.checksums("mnist") == dict(MNIST.resources)
-    assert sources.checksums("fashion-mnist") == dict(FashionMNIST.resources)
-    assert sources.checksums("cifar100") == {CIFAR100.filename: CIFAR100.tgz_md5}
+    monkeypatch.setattr(archives, "CHECKSUMS", {})
+    assert archives.checksums("mnist") == dict(MNIST.resources)
+    assert archives.checksums("fashion-mnist") == dict(FashionMNIST.resources)
+    assert archives.checksums("cifar100") == {CIFAR100.filename: CIFAR100.tgz_md5}
 
 
 def test_from_copies_verified_archives_and_prepares_mnist(project: Path, mnist):
@@ -107,7 +108,7 @@ def test_from_copies_verified_archives_and_prepares_mnist(project: Path, mnist):
 
 def test_wrong_checksum_names_the_file_and_writes_nothing(project: Path, mnist, monkeypatch):
     src, _ = mnist
-    monkeypatch.setitem(sources.CHECKSUMS["mnist"], "t10k-labels-idx1-ubyte.gz", "0" * 32)
+    monkeypatch.setitem(archives.CHECKSUMS["mnist"], "t10k-labels-idx1-ubyte.gz", "0" * 32)
     result = download(project, "--source", "mnist", "--from", str(src))
     assert_one_line_error(result, "t10k-labels-idx1-ubyte.gz", "MD5")
     assert not (project / "data").exists()  # checked before anything is copied
@@ -132,7 +133,7 @@ def test_truncated_gz_whose_checksum_matches_is_one_line(project: Path, mnist, m
         (raw / f"{name}.gz").write_bytes((src / f"{name}.gz").read_bytes())
     bad = raw / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:100])
-    monkeypatch.setitem(sources.CHECKSUMS["mnist"], bad.name, sources.md5(bad))
+    monkeypatch.setitem(archives.CHECKSUMS["mnist"], bad.name, archives.md5(bad))
     assert_one_line_error(download(project, "--source", "mnist"), str(bad), "cannot unpack")
     assert not Layout(project).prepared.exists()
 
@@ -183,18 +184,18 @@ def cifar10_archive(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[np.n
     archive = folder / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(build, arcname="cifar-10-batches-py")
-    md5 = {name: sources.md5(build / name) for name in [*batches, "batches.meta"]}
+    md5 = {name: archives.md5(build / name) for name in [*batches, "batches.meta"]}
     monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{b}", md5[f"data_batch_{b}"]] for b in range(1, 6)])
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
     monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
-    monkeypatch.setitem(sources.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": sources.md5(archive)})
+    monkeypatch.setitem(archives.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": archives.md5(archive)})
     return images, labels, names
 
 
 def test_cifar10_from_its_python_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     images, labels, names = cifar10_archive(tmp_path / "download", monkeypatch)
     root = tmp_path / "raw"
-    sources.import_archives("cifar10", tmp_path / "download", root)
+    archives.import_archives("cifar10", tmp_path / "download", root)
     assert (root / "cifar-10-python.tar.gz").is_file()
     data = prepare(DataParams(source="cifar10", root=str(root)))
     assert data.image_shape == (3, 32, 32) and data.classes == tuple(names) and data.license == "unknown"

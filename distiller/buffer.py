@@ -1,0 +1,119 @@
+"""The expert buffer on disk: one safetensors trajectory per expert and a JSON manifest.
+
+Each trajectory holds an expert's parameters before training (theta*_0) and after every epoch (theta*_1 ..
+theta*_E), keyed `epoch{e:03d}/{param_name}`, so nothing depends on the order of `parameters()`, with a content hash.
+The manifest says what the experts were trained on and with; `load_buffer` refuses a buffer made for other data,
+another architecture, or too few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distiller import augment, models
+from distiller.errors import DistillerError
+from distiller.files import load_safetensors, save_safetensors, sha256_tensors
+from distiller.params import AugmentParams, ExpertParams, ModelParams
+from distiller.prepared import Prepared
+
+TRAJECTORY_FORMAT = "distiller.trajectory"
+FORMAT_VERSION = "1"
+MANIFEST = "manifest.json"
+
+Trajectory = list[dict[str, torch.Tensor]]  # trajectory[e] = {param_name: tensor} after epoch e (e = 0: init)
+
+
+@dataclass(frozen=True)
+class ExpertBuffer:
+    trajectories: list[Trajectory]
+    manifest: dict[str, object]
+
+
+def trajectory_tensors(trajectory: Trajectory) -> dict[str, torch.Tensor]:
+    return {f"epoch{e:03d}/{name}": t for e, params in enumerate(trajectory) for name, t in params.items()}
+
+
+def save_trajectory(trajectory: Trajectory, path: Path) -> None:
+    tensors = trajectory_tensors(trajectory)
+    meta = {"content_hash": sha256_tensors(*(tensors[k] for k in sorted(tensors)))}
+    save_safetensors(path, tensors, TRAJECTORY_FORMAT, FORMAT_VERSION, meta)
+
+
+_KEY = re.compile(r"^epoch(\d{3})/(.+)$")
+
+
+def trajectory_from_tensors(tensors: dict[str, torch.Tensor], path: Path | str = "trajectory") -> Trajectory:
+    epochs: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            raise DistillerError(f"{path}: unexpected tensor name '{key}' in a trajectory")
+        epochs.setdefault(int(m.group(1)), {})[m.group(2)] = t
+    if sorted(epochs) != list(range(len(epochs))):
+        raise DistillerError(f"{path}: trajectory epochs are not contiguous from 0")
+    return [epochs[e] for e in range(len(epochs))]
+
+
+def load_trajectory(path: Path) -> Trajectory:
+    tensors, meta = load_safetensors(path, TRAJECTORY_FORMAT, FORMAT_VERSION, "expert trajectory")
+    if sha256_tensors(*(tensors[k] for k in sorted(tensors))) != meta.get("content_hash"):
+        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited); re-run expert-buffer")
+    return trajectory_from_tensors(tensors, path)
+
+
+def manifest(
+    data: Prepared, model_p: ModelParams, expert_p: ExpertParams, augment_p: AugmentParams, seed: int
+) -> dict[str, object]:
+    """What identifies a buffer: checked by `load_buffer` against what the caller needs."""
+    return {
+        "format": "distiller.experts",
+        "format_version": FORMAT_VERSION,
+        "dataset": data.source,
+        "dataset_hash": data.content_hash,
+        "architecture": models.describe(model_p, data.image_shape, data.num_classes),
+        "lr": expert_p.lr,
+        "epochs": expert_p.epochs,
+        "batch_size": expert_p.batch_size,
+        "optimizer": "sgd (momentum 0, weight decay 0, constant lr)",
+        "augment": augment.describe(augment_p) if expert_p.augment else None,
+        "seed": seed,
+        "num_experts": expert_p.num_experts,
+    }
+
+
+def write_manifest(directory: Path, info: dict[str, object], accuracies: list[float]) -> None:
+    files = [f"expert_{i:03d}.safetensors" for i in range(len(accuracies))]
+    body = {**info, "files": files, "test_accuracy": accuracies}
+    (directory / MANIFEST).write_text(json.dumps(body, indent=2) + "\n")
+
+
+def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epochs: int) -> ExpertBuffer:
+    """Load every trajectory, refusing a buffer made for other data or another architecture, or too short."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise DistillerError(f"expert buffer not found: {path} (run `distiller expert-buffer` first)")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DistillerError(f"{path}: not valid JSON") from None
+    if info.get("format") != "distiller.experts" or info.get("format_version") != FORMAT_VERSION:
+        raise DistillerError(f"{path}: not a distiller expert manifest of format version {FORMAT_VERSION}")
+    if info.get("dataset_hash") != data.content_hash:
+        raise DistillerError(
+            f"{path}: experts were trained on other data ({info.get('dataset')}); re-run expert-buffer"
+        )
+    arch = models.describe(model_p, data.image_shape, data.num_classes)
+    if info.get("architecture") != arch:
+        raise DistillerError(f"{path}: experts have another architecture than model params; re-run expert-buffer")
+    if int(info.get("epochs", 0)) < min_epochs:
+        raise DistillerError(f"{path}: experts have {info.get('epochs')} epochs, distillation needs {min_epochs}")
+    if not info.get("files"):
+        why = info.get("skipped", "it holds no trajectories")
+        raise DistillerError(f"{path}: the expert buffer is empty ({why}); MTT needs experts: re-run expert-buffer")
+    trajectories = [load_trajectory(directory / f) for f in info["files"]]
+    return ExpertBuffer(trajectories=trajectories, manifest=info)

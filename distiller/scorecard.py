@@ -1,0 +1,121 @@
+"""A distilled set scored at its budgets beside its references, under one protocol and one set of network seeds.
+
+For every budget b: the set's first b images per class (`distilled`, or `boosted` for a Boost-DD set), a random real
+subset of the same size, and for boosted sets the set distilled directly at b (`direct`) and the first b per class of
+the set distilled directly at the largest budget (`naive_subset`). Once: the full training set, and the largest
+budget on every architecture of `evaluate.archs` (MTT's cross-architecture table). An MTT set is scored at its
+largest budget only, unless `evaluate.prefixes` asks for its prefixes too (they were not distilled for their size).
+A set that appears twice (the naive subset at the largest budget is the direct set) is trained once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import torch
+
+from distiller import models
+from distiller._runtime import SILENT, Reporter, generator
+from distiller.evaluate import EvalResult, Protocol, protocol, protocol_for, score
+from distiller.files import sha256_tensors
+from distiller.params import Params
+from distiller.prepared import Prepared
+from distiller.synthetic import SyntheticSet, real_subset
+
+CURVE_ORDER = ("distilled", "boosted", "direct", "naive_subset", "random_real")
+
+
+class Scorer:
+    """Trains and tests networks on sets under one protocol, each distinct set once, timing each by name."""
+
+    def __init__(self, data: Prepared, p: Params, proto: Protocol, device: torch.device, progress: Reporter) -> None:
+        self.data, self.p, self.proto, self.device, self.progress = data, p, proto, device, progress
+        self.seconds: dict[str, float] = {}
+        self._done: dict[str, EvalResult] = {}  # content hash, epochs, runs, arch -> result
+
+    def __call__(
+        self, name: str, s: SyntheticSet, epochs: int | None = None, runs: int | None = None, q: Params | None = None
+    ) -> EvalResult:
+        q = q or self.p
+        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}/{q.model.arch}"
+        if key not in self._done:
+            t0 = time.perf_counter()
+            self._done[key] = score(
+                s.images,
+                s.targets,
+                self.data,
+                q,
+                self.proto,
+                lr=self.proto.lr(s.lr),
+                runs=runs or self.p.evaluate.num_eval,
+                device=self.device,
+                epochs=epochs,
+                progress=self.progress,
+                description=f"evaluate {name}",
+            )
+            self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return self._done[key]
+
+
+def scorecard(
+    syn: SyntheticSet,
+    method: str,
+    direct: dict[int, SyntheticSet],
+    data: Prepared,
+    p: Params,
+    device: torch.device,
+    progress: Reporter = SILENT,
+) -> dict[str, Any]:
+    """The metrics of `syn` (made by `method`, with the directly distilled references `direct` by budget)."""
+    proto = protocol_for(p, method)
+    boosted = method == "ratbptt" and len(syn.budgets) > 1
+    budgets = (syn.budgets or (syn.ipc,)) if boosted or p.evaluate.prefixes else (syn.ipc,)
+    archs = {a: dataclasses.replace(p, model=dataclasses.replace(p.model, arch=a)) for a in p.evaluate.archs}
+    for q in archs.values():  # refuse an input size an architecture cannot take before training anything
+        models.describe(q.model, data.image_shape, data.num_classes)
+    scored = Scorer(data, p, proto, device, progress)
+    # random real subsets are nested too: the first k per class of one draw at the largest budget
+    real_x, real_y = real_subset(data, syn.ipc, generator(p.seed, "random-real"))
+    real = SyntheticSet(real_x, real_y, None, syn.ipc)
+    main = "boosted" if boosted else "distilled"
+    per_budget: dict[str, dict[str, dict[str, Any]]] = {}
+    for b in budgets:
+        row = {main: scored(f"distilled ipc {b}", syn.prefix(b))}
+        if b in direct:
+            row["direct"] = scored(f"direct ipc {b}", direct[b])
+        if budgets[-1] in direct:
+            row["naive_subset"] = scored(f"naive subset ipc {b}", direct[budgets[-1]].prefix(b))
+        row["random_real"] = scored(f"random real ipc {b}", real.prefix(b))
+        per_budget[str(b)] = {k: v.as_dict() for k, v in row.items()}
+    top = per_budget[str(syn.ipc)]
+    baselines: dict[str, object] = {"random_real": top["random_real"]}
+    e = p.evaluate
+    if e.full_data_runs > 0:
+        full = SyntheticSet(data.train_images, data.train_labels, None, 1)
+        baselines["full_data"] = scored("full data", full, e.full_data_epochs or None, e.full_data_runs).as_dict()
+    # the distillation architecture's entry is the row above (same set, protocol and seeds): trained once
+    on = archs or {p.model.arch: p}
+    architectures = {a: scored(f"{a} ipc {syn.ipc}", syn.prefix(syn.ipc), q=q).as_dict() for a, q in on.items()}
+    scored.seconds["total"] = round(sum(scored.seconds.values()), 2)
+    return {
+        "dataset": data.source,
+        "method": method,
+        "ipc": syn.ipc,
+        "lr": syn.lr,
+        "accuracy": top[main],
+        "baselines": baselines,
+        "budgets": per_budget,
+        "architectures": architectures,
+        "protocol": protocol(p, data, proto),
+        "seconds": scored.seconds,
+    }
+
+
+def budget_table(metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The curves present (in a fixed order) and one row of mean accuracies per budget (budgets.csv)."""
+    per_budget = metrics["budgets"]
+    curves = [c for c in CURVE_ORDER if any(c in row for row in per_budget.values())]
+    table = [{"budget": int(b), **{c: row[c]["mean"] for c in curves if c in row}} for b, row in per_budget.items()]
+    return curves, table

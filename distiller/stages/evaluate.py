@@ -1,0 +1,52 @@
+"""Stage evaluate: fresh networks trained on every budget of the distilled set and its references, tested on the
+held-out split; writes metrics/evaluate.json and artifacts/evaluate/ (budgets.csv, budgets.png)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distiller import plots, synthetic
+from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
+from distiller.errors import DistillerError
+from distiller.files import atomic_dir, csv_text, write_json, write_text
+from distiller.params import Params
+from distiller.paths import Layout
+from distiller.prepared import load_prepared
+from distiller.scorecard import budget_table, scorecard
+
+
+def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
+    """Score the synthetic set and, under the same protocol and seeds, its references (`distiller.scorecard`)."""
+    configure_torch()
+    device = resolve_device(p.device)
+    data = load_prepared(layout.prepared).to(device)
+    syn, prov = synthetic.load(layout.synthetic)
+    if prov.get("dataset_hash") != data.content_hash:
+        raise DistillerError(f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill")
+    budgets = syn.budgets or (syn.ipc,)
+    direct = {b: synthetic.load(layout.reference(b))[0] for b in budgets if layout.reference(b).is_file()}
+    metrics = scorecard(syn, str(prov.get("method")), direct, data, p, device, progress)
+    curves, table = budget_table(metrics)
+    with atomic_dir(layout.evaluate_dir) as out:
+        write_text(out / layout.budgets_csv.name, csv_text(table))
+        title = f"{data.source}, {metrics['method']}"
+        plots.budgets_png(out / layout.budgets_png.name, metrics["budgets"], curves, title)
+    write_json(layout.evaluate_metrics, metrics)
+    return metrics
+
+
+def summary(m: dict[str, Any]) -> str:
+    acc, base = m["accuracy"], m["baselines"]
+    lines = [f"distilled ({m['method']}, ipc {m['ipc']}): {_fmt(acc)}", f"random real: {_fmt(base['random_real'])}"]
+    if "full_data" in base:
+        lines.append(f"full data:   {_fmt(base['full_data'])}")
+    if len(m["budgets"]) > 1:
+        for b, row in m["budgets"].items():
+            lines.append(f"ipc {b:>3}: " + "  ".join(f"{name} {100 * r['mean']:.2f}" for name, r in row.items()))
+    if len(m["architectures"]) > 1:
+        lines += [f"on {arch}: {_fmt(r)}" for arch, r in m["architectures"].items()]
+    return "\n".join(lines)
+
+
+def _fmt(result: dict[str, Any]) -> str:
+    return f"{100 * result['mean']:.2f} +- {100 * result['std']:.2f}% (n={len(result['runs'])})"

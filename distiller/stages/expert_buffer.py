@@ -1,0 +1,48 @@
+"""Stage expert-buffer: MTT's expert trajectories in artifacts/experts/ (an empty buffer for RaT-BPTT)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from distiller import buffer, experts, models
+from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
+from distiller.checkpoint import Store, fingerprint
+from distiller.files import atomic_dir
+from distiller.params import Params
+from distiller.paths import Layout
+from distiller.prepared import load_prepared
+
+
+def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
+    """Train `expert.num_experts` experts and write their trajectories; returns their final test accuracies.
+
+    Each expert depends only on its index, so finished experts are checkpointed whole and a rerun after a kill trains
+    only the missing ones. RaT-BPTT needs no experts: the stage then writes a manifest saying so, in no time."""
+    configure_torch()
+    models.check_distillable(p.model)
+    device = resolve_device(p.device)
+    data = load_prepared(layout.prepared).to(device)
+    info = buffer.manifest(data, p.model, p.expert, p.augment, p.seed)
+    if p.distill.method != "mtt":
+        with atomic_dir(layout.experts_dir) as out:
+            buffer.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [])
+        return []
+    key = fingerprint(info, dataclasses.replace(p.expert, checkpoint_every=0, parallel=0), str(device))
+    store = Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every)
+    advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
+    accuracies = []
+    with atomic_dir(layout.experts_dir) as out:
+        for i, trajectory, acc in experts.train_buffer(
+            data, p.model, p.expert, p.augment, p.seed, device, store, advance
+        ):
+            buffer.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors")
+            accuracies.append(acc)
+        buffer.write_manifest(out, info, accuracies)
+    store.clear()
+    return accuracies
+
+
+def summary(accuracies: list[float]) -> str:
+    if not accuracies:
+        return "no experts needed for distill.method ratbptt: wrote an empty buffer"
+    return f"{len(accuracies)} experts, final test accuracy {min(accuracies):.2%} .. {max(accuracies):.2%}"
