@@ -6,6 +6,7 @@ Library code never touches the global RNGs: every random draw goes through a `to
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 from collections.abc import Callable
@@ -37,12 +38,31 @@ def generator(seed: int, *keys: object, device: torch.device | str = "cpu") -> t
 
 
 def configure_torch() -> None:
-    """Process-wide numeric settings, applied once at the edge (every stage, benchmarks, tests).
+    """Process-wide settings, applied once at the edge (every stage, benchmarks, tests); neither changes a result.
 
-    Flush denormals to zero: differentiable Adam squares gradients that are numerically zero (a conv bias in front of
-    instance norm gets ~1e-20), and float32 arithmetic on the resulting denormals is about 10x slower on x86 CPUs.
+    - Flush denormals to zero: differentiable Adam squares gradients that are numerically zero (a conv bias in front
+      of instance norm gets ~1e-20), and float32 arithmetic on the resulting denormals is about 10x slower on x86 CPUs.
+    - Keep freed memory in the process: the training loops allocate and free the same activations (a few MiB each)
+      hundreds of thousands of times, and glibc's default thresholds hand them back to the kernel and fault them in
+      again. On this project's 2-core CPU that was 7-11 million page faults and up to 40 % of an evaluation's time
+      in the kernel (docs/benchmarks.md); mallopt's mmap and trim thresholds keep them instead.
     """
     torch.set_flush_denormal(True)
+    _keep_freed_memory()
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+def _keep_freed_memory() -> None:
+    """Raise glibc's mmap threshold to its 64-bit maximum (32 MiB) and its trim threshold to 256 MiB; a no-op where
+    the C library has no mallopt (macOS, musl)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
 
 
 def resolve_device(name: str) -> torch.device:

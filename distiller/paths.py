@@ -22,6 +22,9 @@ class Layout:
 
     root: Path = Path(".")
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str will do
+
     data_dir = _Below("artifacts/data")  # download
     prepared = _Below("artifacts/data/prepared.safetensors")
     experts_dir = _Below("artifacts/experts")  # expert-buffer
