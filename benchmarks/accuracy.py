@@ -231,7 +231,7 @@ def main() -> None:
         + ")."
         + (f" Settings: {s.note}." if s.note else "")
     )
-    record("Accuracy", line, resolve_device(args.device))
+    record("Accuracy", line, resolve_device(args.device), threads=args.threads or None)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ warm-up (T - W steps, forced by `placement: end`) frees each step's graph at onc
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import subprocess
@@ -27,6 +26,7 @@ def measure(horizon: int, window: int, ipc: int) -> dict[str, float]:
 
     from distiller import models
     from distiller._runtime import configure_torch, generator
+    from distiller.augment import with_families
     from distiller.data import prepare
     from distiller.params import params_from_dict
     from distiller.ratbptt import MetaBatch, ratbptt_meta_loss
@@ -68,7 +68,7 @@ def measure(horizon: int, window: int, ipc: int) -> dict[str, float]:
             syn,
             *real,
             p.ratbptt,
-            dataclasses.replace(p.augment, strategy=p.ratbptt.augment),
+            with_families(p.augment, p.ratbptt.augment),
             horizon - window,
             generator(0, "batch"),
             generator(0, "aug"),

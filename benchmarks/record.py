@@ -34,10 +34,13 @@ def command() -> str:
     return shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
-def record(title: str, body: str, device: torch.device | str = "cpu", note: str = "") -> None:
-    """Append `body` (a Markdown table or list) under a heading naming the date, device, threads and torch."""
+def record(
+    title: str, body: str, device: torch.device | str = "cpu", note: str = "", threads: int | None = None
+) -> None:
+    """Append `body` (a Markdown table or list) under a heading naming the date, device, threads and torch; `threads`
+    when the work ran in other processes than this one (default: this process's torch threads)."""
     device = torch.device(device)
-    threads = f", {torch.get_num_threads()} torch thread(s)" if device.type == "cpu" else ""
+    threads = f", {threads or torch.get_num_threads()} torch thread(s)" if device.type == "cpu" else ""
     extra = f", {note}" if note else ""
     heading = f"### {title} ({datetime.date.today()}, {device_name(device)}{threads}, torch {torch.__version__}{extra})"
     with open(LOG, "a") as f:

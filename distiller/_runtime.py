@@ -38,7 +38,8 @@ def generator(seed: int, *keys: object, device: torch.device | str = "cpu") -> t
 
 
 def configure_torch() -> None:
-    """Process-wide settings, applied once at the edge (every stage, benchmarks, tests); neither changes a result.
+    """Process-wide settings, applied first by every stage's `run` (and by benchmarks and tests); neither changes a
+    result.
 
     - Flush denormals to zero: differentiable Adam squares gradients that are numerically zero (a conv bias in front
       of instance norm gets ~1e-20), and float32 arithmetic on the resulting denormals is about 10x slower on x86 CPUs.
@@ -69,10 +70,7 @@ def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present; otherwise the named device, checked to exist."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DistillerError(f"device: '{name}' is not one of auto, cpu, cuda, cuda:N") from None
+    device = torch.device(name)  # the params check it when loaded (params.DEVICE)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DistillerError(f"device '{name}' was requested but CUDA is not available (use device: auto or cpu)")
     return device

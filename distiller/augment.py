@@ -10,6 +10,7 @@ tensors are normalised, not in [0, 1]). Draws come from an explicit generator:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distiller.params import AugmentParams
+from distiller.params import AugmentParams, Families
 
 Tensor = torch.Tensor
 
@@ -146,6 +147,11 @@ FAMILIES: dict[str, Family] = {
 }
 
 Plan = list[tuple[str, Drawn]]  # the families applied in turn, each with its per-image parameters
+
+
+def with_families(p: AugmentParams, names: Families) -> AugmentParams:
+    """The same DSA constants with other families (RaT-BPTT's `ratbptt.augment`)."""
+    return dataclasses.replace(p, strategy=names)
 
 
 def families(p: AugmentParams) -> list[str]:

@@ -134,9 +134,14 @@ def _cross_architecture(
     archs, main = list(m.get("architectures", {})), proto["architecture"]["arch"]
     if archs == [main]:
         return {}
-    base = params_from_dict({"model": model}).model if model else ModelParams()
+    base = model_params(model)
     zoo = lambda a: models.describe(dataclasses.replace(base, arch=a), data.image_shape, data.num_classes)
     return {a: proto["architecture"] if a == main else zoo(a) for a in archs}
+
+
+def model_params(raw: dict[str, Any] | None) -> ModelParams:
+    """The network of a card's `method_params.model` (the defaults when absent)."""
+    return params_from_dict({"model": raw}).model if raw else ModelParams()
 
 
 def _source(data: Prepared, root: Path) -> Source:

@@ -92,7 +92,7 @@ def _session() -> Iterator[RichReporter]:
         raise typer.Exit(130) from None
 
 
-def _load(params: Path, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> Any:
+def _load(params: Path | None, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> Any:
     """The params file with `-S` overrides and the command's own options (those not None) applied."""
     from distiller.config import parse_override
     from distiller.params import load_params
@@ -218,17 +218,10 @@ def params(
     set_: SetOpt = None,
 ) -> None:
     """Print every parameter with its meaning, as params.yaml (the defaults, or a file's values with overrides)."""
-    from distiller.config import parse_override, set_dotted
-    from distiller.params import params_from_dict, render
+    from distiller.params import render
 
     with _session():
-        if file is not None:
-            p = _load(file, set_)
-        else:
-            raw: dict[str, Any] = {}
-            for key, value in (parse_override(o) for o in set_ or []):
-                set_dotted(raw, key, value)
-            p = params_from_dict(raw)
+        p = _load(file, set_)
     typer.echo(render(p), nl=False)
 
 

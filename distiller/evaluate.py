@@ -11,7 +11,6 @@ Two protocols, chosen by the method that made the set and applied to the set and
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 from typing import Literal
@@ -102,7 +101,7 @@ def protocol_for(p: Params, method: str) -> Protocol:
     mtt_aug = p.augment if e.augment and p.augment.strategy.names else None
     if method == "ratbptt" and e.ratbptt_optimizer == "inner":
         r = p.ratbptt
-        aug = dataclasses.replace(p.augment, strategy=r.augment) if e.augment and r.augment.names else None
+        aug = augment.with_families(p.augment, r.augment) if e.augment and r.augment.names else None
         return Protocol(
             "ratbptt-inner",
             r.inner_optimizer,

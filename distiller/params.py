@@ -280,9 +280,9 @@ def params_from_dict(raw: Any) -> Params:
     return config.build(Params, {} if raw is None else raw)
 
 
-def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
-    """Read, validate and freeze `path`; `overrides` maps dotted keys ('distill.ipc') to values."""
-    raw = config.load_yaml(path)
+def load_params(path: Path | str | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read, validate and freeze `path` (None: the defaults); `overrides` maps dotted keys ('distill.ipc') to values."""
+    raw = config.load_yaml(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         config.set_dotted(raw, dotted, value)
     return params_from_dict(raw)

@@ -25,8 +25,7 @@ class Layout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # a str will do
 
-    data_dir = _Below("artifacts/data")  # download
-    prepared = _Below("artifacts/data/prepared.safetensors")
+    prepared = _Below("artifacts/data/prepared.safetensors")  # download
     experts_dir = _Below("artifacts/experts")  # expert-buffer
     distill_dir = _Below("artifacts/distill")  # distill
     synthetic = _Below("artifacts/distill/synthetic.safetensors")

@@ -11,7 +11,6 @@ the pixels, with the pixel gradient clipped against a running average of its nor
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from distiller.augment import dsa
+from distiller.augment import dsa, with_families
 from distiller.optim import SGD, Adam, InnerOptimizer, ParamDict, State, detach_state
 from distiller.params import AugmentParams, RatBPTTParams
 from distiller.run import Context, Curves, Guard, finite
@@ -158,7 +157,7 @@ def distill(
     model = ctx.network(ctx.generator("ratbptt-arch"))
     gens = {name: ctx.generator(f"ratbptt-{name}", key) for name in ("net", "window", "batch")}
     gens["augment"] = ctx.generator("ratbptt-augment", key, on_device=True)
-    augment = dataclasses.replace(ctx.augment, strategy=p.augment)
+    augment = with_families(ctx.augment, p.augment)
     curves, guard = Curves(CURVES), Guard(ctx.guard, f"RaT-BPTT ({key})")
     clip = MetaGradientClip(p, ctx.guard.explode_factor)
     learned = {"images": syn.images, **({"targets": syn.targets} if p.soft_labels else {})}
@@ -240,8 +239,9 @@ class MetaGradientClip:
     and a clip at `clip_factor` x that average. A norm above `explode_factor` x the average is not clipped but
     reported as exploding."""
 
-    def __init__(self, p: RatBPTTParams, explode_factor: float, shadow: float | None = None) -> None:
-        self.p, self.explode_factor, self.shadow = p, explode_factor, shadow
+    def __init__(self, p: RatBPTTParams, explode_factor: float) -> None:
+        self.p, self.explode_factor = p, explode_factor
+        self.shadow: float | None = None  # the running average; None before the first step
 
     def __call__(self, g: torch.Tensor, norm: float) -> tuple[torch.Tensor, str | None]:
         if self.shadow is not None and norm > self.explode_factor * self.shadow:

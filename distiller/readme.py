@@ -15,9 +15,8 @@ from typing import Any
 import torch
 
 from distiller import models
-from distiller.card import GRID, NORMALIZATION, SPLIT, ZCA
+from distiller.card import GRID, NORMALIZATION, SPLIT, ZCA, model_params
 from distiller.contract import Contract, Result
-from distiller.params import ModelParams, params_from_dict
 
 PAPERS = {
     "mtt": ("Dataset Distillation by Matching Training Trajectories (Cazenavette et al., CVPR 2022)", "2203.11932"),
@@ -190,11 +189,8 @@ def _network(c: Contract) -> str:
 def snippet(c: Contract) -> str:
     """A short training loop that uses only `datasets`, `torch` and the contract."""
     arch, proto, budget = c.protocol.architecture, c.protocol, c.default
-    raw = c.method_params.get("model")
     with torch.device("meta"):  # only its shapes are read
-        convnet = models.ConvNet(
-            params_from_dict({"model": raw}).model if raw else ModelParams(), arch.input_shape, arch.num_classes
-        )
+        convnet = models.ConvNet(model_params(c.method_params.get("model")), arch.input_shape, arch.num_classes)
     first_conv = convnet.features[0]
     pad = "1" if first_conv.padding[0] == 1 else f"{first_conv.padding[0]} if d == 0 else 1"  # type: ignore[index]
     pool = "nn.AvgPool2d(2)" if arch.pooling == "avgpool" else "nn.MaxPool2d(2)"

@@ -77,8 +77,8 @@ class Curves:
 class Guard:
     """Bad steps in a row: `max_bad_steps` of them stop `what` with the problem of the last one."""
 
-    def __init__(self, p: GuardParams, what: str, bad: int = 0) -> None:
-        self.p, self.what, self.bad = p, what, bad
+    def __init__(self, p: GuardParams, what: str) -> None:
+        self.p, self.what, self.bad = p, what, 0
 
     def check(self, problem: str | None, where: str) -> None:
         self.bad = self.bad + 1 if problem else 0

@@ -7,6 +7,7 @@ nested `budgets`: the first b images of every class form the budget-b subset, fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,16 +106,8 @@ def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
     tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "synthetic set", "run `distiller distill` first")
     if "images" not in tensors or "labels" not in tensors:
         raise DistillerError(f"{path}: synthetic set lacks images or labels")
-    ordered = [tensors[k] for k in ("images", "labels", "soft_labels") if k in tensors]
-    if sha256_tensors(*ordered) != meta.get("content_hash"):
-        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited)")
     lr = json.loads(meta["lr"])
-    syn = SyntheticSet(
-        images=tensors["images"],
-        labels=tensors["labels"],
-        lr=None if lr is None else float(lr),
-        ipc=int(meta["ipc"]),
-        soft_labels=tensors.get("soft_labels"),
-        budgets=tuple(json.loads(meta["budgets"])),
-    )
-    return syn, json.loads(meta["provenance"])
+    syn = SyntheticSet.from_tensors(tensors, None if lr is None else float(lr), int(meta["ipc"]))
+    if sha256_tensors(*syn.tensors().values()) != meta.get("content_hash"):  # what `save` hashed
+        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited)")
+    return dataclasses.replace(syn, budgets=tuple(json.loads(meta["budgets"]))), json.loads(meta["provenance"])

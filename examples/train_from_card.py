@@ -26,8 +26,16 @@ folder, config = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 card = Contract.from_dict(DatasetCard.load(f"{folder}/README.md").data.to_dict()["distiller"])
 proto, arch, aug, budget = card.protocol, card.protocol.architecture, card.protocol.augmentation, card.budgets[config]
-if card.source.name != "digits" or card.preprocessing.kind != "normalize" or arch.arch != "convnet":
-    sys.exit(f"this example rebuilds digits sets with normalize and the convnet; the card has {card.source.name}")
+if (card.source.name, card.preprocessing.kind, arch.arch, arch.input_shape) != (
+    "digits",
+    "normalize",
+    "convnet",
+    (1, 8, 8),
+):
+    sys.exit(
+        "this example rebuilds 8x8 digits sets made with `normalize` on the convnet; the card has "
+        f"{card.source.name}, {card.preprocessing.kind}, {arch.arch} on {arch.input_shape}"
+    )
 
 cols = load_dataset(folder, config, split="train").with_format("torch")[:]
 x, y = cols["pixel_values"], cols[card.labels.train_on]  # already normalised
@@ -70,12 +78,11 @@ def dsa(x: torch.Tensor) -> torch.Tensor:
 
 
 def convnet() -> nn.Module:
-    """protocol.architecture: [conv3x3 -> GroupNorm(C, C) -> ReLU -> pool2] x depth -> linear (28 px pads by 3)."""
+    """protocol.architecture: [conv3x3 -> GroupNorm(C, C) -> ReLU -> pool2] x depth -> linear."""
     layers, c, w = [], x.shape[1], arch.width
-    for d in range(arch.depth):
-        pad = 3 if d == 0 and tuple(x.shape[1:3]) == (1, 28) else 1
+    for _ in range(arch.depth):
         pool = nn.AvgPool2d(2) if arch.pooling == "avgpool" else nn.MaxPool2d(2)
-        layers += [nn.Conv2d(c, w, 3, padding=pad), nn.GroupNorm(w, w), nn.ReLU(), pool]
+        layers += [nn.Conv2d(c, w, 3, padding=1), nn.GroupNorm(w, w), nn.ReLU(), pool]
         c = w
     net = nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(arch.num_classes))
     net(x[:1])  # materialise the linear layer
