@@ -8,7 +8,6 @@ another architecture, or too few epochs.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +16,12 @@ import torch
 
 from distiller import augment, models
 from distiller.errors import DistillerError
-from distiller.files import load_safetensors, save_safetensors, sha256_tensors
+from distiller.files import load_safetensors, read_sealed_json, save_safetensors, write_sealed_json
 from distiller.params import AugmentParams, ExpertParams, ModelParams
 from distiller.prepared import Prepared
 
 TRAJECTORY_FORMAT = "distiller.trajectory"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: sealed trajectories and manifest, each trajectory naming its data
 MANIFEST = "manifest.json"
 
 Trajectory = list[dict[str, torch.Tensor]]  # trajectory[e] = {param_name: tensor} after epoch e (e = 0: init)
@@ -38,10 +37,13 @@ def trajectory_tensors(trajectory: Trajectory) -> dict[str, torch.Tensor]:
     return {f"epoch{e:03d}/{name}": t for e, params in enumerate(trajectory) for name, t in params.items()}
 
 
-def save_trajectory(trajectory: Trajectory, path: Path) -> None:
-    tensors = trajectory_tensors(trajectory)
-    meta = {"content_hash": sha256_tensors(*(tensors[k] for k in sorted(tensors)))}
-    save_safetensors(path, tensors, TRAJECTORY_FORMAT, FORMAT_VERSION, meta)
+IDENTITY = ("dataset_hash", "architecture", "lr", "epochs", "seed")  # what each trajectory shares with its manifest
+
+
+def save_trajectory(trajectory: Trajectory, path: Path, info: dict[str, object]) -> None:
+    """One expert's trajectory, sealed, with the identity of its buffer (`manifest`)."""
+    meta = {k: info[k] for k in IDENTITY}
+    save_safetensors(path, trajectory_tensors(trajectory), TRAJECTORY_FORMAT, FORMAT_VERSION, meta)
 
 
 _KEY = re.compile(r"^epoch(\d{3})/(.+)$")
@@ -59,10 +61,15 @@ def trajectory_from_tensors(tensors: dict[str, torch.Tensor], path: Path | str =
     return [epochs[e] for e in range(len(epochs))]
 
 
-def load_trajectory(path: Path) -> Trajectory:
-    tensors, meta = load_safetensors(path, TRAJECTORY_FORMAT, FORMAT_VERSION, "expert trajectory")
-    if sha256_tensors(*(tensors[k] for k in sorted(tensors))) != meta.get("content_hash"):
-        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited); re-run expert-buffer")
+def load_trajectory(path: Path, info: dict[str, object] | None = None) -> Trajectory:
+    """A trajectory, verified; with `info` (a manifest), refused unless it was trained for that very buffer."""
+    tensors, meta = load_safetensors(
+        path, TRAJECTORY_FORMAT, FORMAT_VERSION, "expert trajectory", "re-run expert-buffer"
+    )
+    if info is not None and any(meta.get(k) != info.get(k) for k in IDENTITY):
+        raise DistillerError(
+            f"{path}: this expert was trained for another buffer (other data, network or lr); re-run expert-buffer"
+        )
     return trajectory_from_tensors(tensors, path)
 
 
@@ -88,19 +95,13 @@ def manifest(
 
 def write_manifest(directory: Path, info: dict[str, object], accuracies: list[float]) -> None:
     files = [f"expert_{i:03d}.safetensors" for i in range(len(accuracies))]
-    body = {**info, "files": files, "test_accuracy": accuracies}
-    (directory / MANIFEST).write_text(json.dumps(body, indent=2) + "\n")
+    write_sealed_json(directory / MANIFEST, {**info, "files": files, "test_accuracy": accuracies})
 
 
 def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epochs: int) -> ExpertBuffer:
     """Load every trajectory, refusing a buffer made for other data or another architecture, or too short."""
     path = directory / MANIFEST
-    if not path.is_file():
-        raise DistillerError(f"expert buffer not found: {path} (run `distiller expert-buffer` first)")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise DistillerError(f"{path}: not valid JSON") from None
+    info = read_sealed_json(path, "expert buffer", "run `distiller expert-buffer`")
     if info.get("format") != "distiller.experts" or info.get("format_version") != FORMAT_VERSION:
         raise DistillerError(f"{path}: not a distiller expert manifest of format version {FORMAT_VERSION}")
     if info.get("dataset_hash") != data.content_hash:
@@ -115,5 +116,5 @@ def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epoch
     if not info.get("files"):
         why = info.get("skipped", "it holds no trajectories")
         raise DistillerError(f"{path}: the expert buffer is empty ({why}); MTT needs experts: re-run expert-buffer")
-    trajectories = [load_trajectory(directory / f) for f in info["files"]]
+    trajectories = [load_trajectory(directory / f, info) for f in info["files"]]
     return ExpertBuffer(trajectories=trajectories, manifest=info)

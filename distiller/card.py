@@ -8,8 +8,6 @@ text from the contract alone.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,8 @@ from distiller import __version__, config, models, synthetic
 from distiller.catalog import describe
 from distiller.contract import Budget, Contract, EvalSplit, Labels, Preprocessing, Protocol, Result, Source
 from distiller.errors import DistillerError
-from distiller.params import ModelParams, Params, params_from_dict
+from distiller.files import read_sealed_json
+from distiller.params import ModelParams, Params, params_from_dict, to_dict
 from distiller.paths import Layout
 from distiller.prepared import Prepared, load_prepared
 from distiller.provenance import dvc_lock_sha256, git_state
@@ -54,12 +53,7 @@ class Inputs:
 def read_inputs(p: Params, layout: Layout) -> Inputs:
     data = load_prepared(layout.prepared)
     syn, prov = synthetic.load(layout.synthetic)
-    if not layout.evaluate_metrics.is_file():
-        raise DistillerError(f"evaluation metrics not found: {layout.evaluate_metrics} (run `distiller evaluate`)")
-    try:
-        metrics = json.loads(layout.evaluate_metrics.read_text())
-    except json.JSONDecodeError:
-        raise DistillerError(f"{layout.evaluate_metrics}: not valid JSON; re-run `distiller evaluate`") from None
+    metrics = read_sealed_json(layout.evaluate_metrics, "evaluation metrics", "re-run `distiller evaluate`")
     if prov.get("dataset_hash") != data.content_hash:
         raise DistillerError(f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill")
     scored = sorted(int(b) for b in metrics.get("budgets", {}))
@@ -83,7 +77,7 @@ def build(p: Params, inp: Inputs, layout: Layout) -> Contract:
     """The `distiller:` mapping: everything needed to reproduce the accuracy."""
     data, m = inp.data, inp.metrics
     method = str(inp.provenance.get("method"))
-    params = inp.provenance.get("params", {})
+    params = to_dict(params_from_dict(inp.provenance.get("params", {})))  # in the schema's order, checked
     proto = m["protocol"]
     lr = inp.syn.lr if proto["name"] == "mtt" and inp.syn.lr is not None else proto["real_lr"]
     budgets = {config_name(int(b)): _budget(int(b), row, data.num_classes, lr) for b, row in m["budgets"].items()}
@@ -98,7 +92,6 @@ def build(p: Params, inp: Inputs, layout: Layout) -> Contract:
         git_dirty=dirty,
         dvc_lock_sha256=dvc_lock_sha256(layout.dvc_lock),
         distiller_version=__version__,
-        created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
         method=method,  # type: ignore[arg-type]
         nested="boosted (Boost-DD)" if boosted else "prefixes (not boosted)" if len(budgets) > 1 else "one config",
         method_params={

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
-from distiller.errors import DistillerError
 from distiller.files import load_safetensors, save_safetensors
 
 FORMAT = "distiller.checkpoint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 LAYOUT = 2  # how a loop's state is laid out in the file; part of every fingerprint, so older layouts are stale
 
 
@@ -66,16 +65,13 @@ class Store:
         tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "checkpoint", "delete it to start over")
         if meta.get("fingerprint") != self.key:
             return None  # made for other params or inputs: start over (and overwrite it)
-        try:
-            state = json.loads(meta["state"])
-        except (KeyError, json.JSONDecodeError):
-            raise DistillerError(f"{path}: checkpoint metadata is damaged; delete it to start over") from None
+        state = meta["state"]  # sealed with the tensors: an edited iteration or pixel is refused on load
         self.resumed[name] = int(state.get("iteration", 0))
         return Saved(tensors, state)
 
     def save(self, name: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         if self.every > 0:
-            meta = {"fingerprint": self.key, "state": json.dumps(state)}
+            meta = {"fingerprint": self.key, "state": state}
             save_safetensors(self.path(name), tensors, FORMAT, FORMAT_VERSION, meta)
 
     def finished(self, name: str) -> Saved | None:

@@ -161,7 +161,6 @@ class Contract:
     git_dirty: bool | None
     dvc_lock_sha256: str | None
     distiller_version: str
-    created: str
     method: Literal["mtt", "ratbptt"]
     nested: str
     method_params: dict[str, Any]

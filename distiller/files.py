@@ -97,6 +97,33 @@ def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def json_seal(obj: Mapping[str, Any]) -> str:
+    """sha256 of a mapping's canonical JSON, the `seal` key left out."""
+    return hashlib.sha256(
+        json.dumps({k: v for k, v in obj.items() if k != "seal"}, sort_keys=True).encode()
+    ).hexdigest()
+
+
+def write_sealed_json(path: Path | str, obj: Mapping[str, Any]) -> None:
+    """`obj` as JSON with a `seal` (its hash) last, so that a stage reading it back can tell it was not edited."""
+    write_json(path, {**obj, "seal": json_seal(obj)})
+
+
+def read_sealed_json(path: Path | str, what: str, hint: str) -> dict[str, Any]:
+    """A mapping written by `write_sealed_json`; missing, not JSON, not a mapping or edited: one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillerError(f"{what} not found: {path} ({hint})")
+    try:
+        obj = json.loads(path.read_bytes())
+    except (ValueError, RecursionError, OSError) as e:  # ValueError covers JSON and UTF-8 decoding errors
+        raise DistillerError(f"{path}: {what} is not valid JSON ({first_line(e)}); {hint}") from None
+    if not isinstance(obj, dict) or obj.get("seal") != json_seal(obj):
+        raise DistillerError(f"{path}: {what} was edited or is not distiller's (its seal does not match); {hint}")
+    del obj["seal"]
+    return obj
+
+
 def csv_text(rows: Sequence[Mapping[str, object]]) -> str:
     """A CSV table with the keys of the first row as its header."""
     buf = io.StringIO()
@@ -123,23 +150,41 @@ def sha256_tensors(*tensors: torch.Tensor) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# safetensors files: tensors plus string metadata carrying a format name and version
+# safetensors files: tensors plus one metadata entry of canonical JSON, sealed
+#
+# The safetensors library keeps metadata in a hash map, so several entries come out in a different order in every
+# process and identical content gets new bytes (and new DVC hashes). One entry, `distiller`, holding sorted-key JSON
+# makes a file a function of its content. The `seal` in it is the sha256 of that JSON (without the seal) and of every
+# tensor, so no edit to a tensor or to the metadata (an lr, an iteration, a hash) goes unnoticed.
+
+META_KEY = "distiller"
+
+
+def _seal(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    h.update(sha256_tensors(*(tensors[k] for k in sorted(tensors))).encode())
+    h.update(json.dumps(sorted(tensors)).encode())
+    return h.hexdigest()
 
 
 def save_safetensors(
-    path: Path | str, tensors: dict[str, torch.Tensor], fmt: str, version: str, metadata: dict[str, str] | None = None
+    path: Path | str, tensors: dict[str, torch.Tensor], fmt: str, version: str, metadata: dict[str, Any] | None = None
 ) -> None:
+    """Write `tensors` with `metadata` (JSON values) under a format name and version, sealed."""
     from safetensors.torch import save_file
 
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": fmt, "format_version": version, **(metadata or {})}
+    meta["seal"] = _seal(plain, meta)
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        save_file(plain, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def load_safetensors(
     path: Path | str, fmt: str, version: str, what: str, hint: str = ""
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by `save_safetensors`, refusing a missing, unreadable or foreign one by name."""
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a file written by `save_safetensors`, refusing a missing, unreadable, foreign, edited or corrupted one by
+    name; returns its tensors and metadata."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -147,14 +192,22 @@ def load_safetensors(
         raise DistillerError(f"{what} not found: {path}{f' ({hint})' if hint else ''}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+            raw = (f.metadata() or {}).get(META_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise DistillerError(f"{path}: cannot read {what} ({first_line(e)})") from None
-    if meta.get("format") != fmt:
-        raise DistillerError(f"{path}: not a {what} file (format '{meta.get('format')}', expected '{fmt}')")
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DistillerError(f"{path}: not a {what} file (format '{found}', expected '{fmt}')")
     if meta.get("format_version") != version:
         raise DistillerError(
             f"{path}: {what} format version {meta.get('format_version')} is not {version}; regenerate it"
         )
+    seal = meta.pop("seal", None)
+    if seal != _seal(tensors, meta):
+        raise DistillerError(f"{path}: content hash mismatch ({what} corrupted or edited){f'; {hint}' if hint else ''}")
     return tensors, meta

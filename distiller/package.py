@@ -126,7 +126,7 @@ def write_sidecars(out: Path, data: Prepared) -> None:
         meta = {
             "applies_to": f"pixels scaled to [0, 1] ({data.pixel_scale}), each image flattened to C*H*W = "
             f"{c}*{h}*{w} values (C-major); whitened z = (x - mean) @ matrix, back: x = z @ inverse + mean",
-            "eps": repr(data.zca_eps),
+            "eps": data.zca_eps,
             "fitted_by": "kornia.enhance.ZCAWhitening(eps=eps, compute_inv=True) on the training images",
         }
         save_safetensors(out / ZCA, tensors, "distiller.zca", "1", meta)

@@ -49,6 +49,11 @@ class Layout:
         """`datasets/<source>-distilled-ipc<max>/`; dvc.yaml's package stage names the same folder."""
         return self.datasets_dir / f"{source}-distilled-ipc{ipc}"
 
+    def log(self, stage: str) -> Path:
+        """Wall times of a stage's last run: apart from its outputs, so that those are a function of their inputs
+        alone (git-ignored, not a DVC output)."""
+        return self.root / "logs" / f"{stage}.json"
+
     def checkpoints(self, stage: str) -> Path:
         """Checkpoints of an interrupted stage: never a declared output (git- and DVC-ignored), removed when the stage
         completes."""

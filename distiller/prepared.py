@@ -18,7 +18,7 @@ from distiller.errors import DistillerError
 from distiller.files import load_safetensors, save_safetensors, sha256_tensors
 
 FORMAT = "distiller.prepared"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 
 
 def _empty() -> torch.Tensor:
@@ -105,32 +105,29 @@ _ZCA = ("zca_mean", "zca_matrix", "zca_inverse")  # stored (and hashed) only whe
 
 
 def save_prepared(data: Prepared, path: Path | str) -> None:
-    meta = {
+    meta: dict[str, object] = {
         "source": data.source,
-        "classes": json.dumps(list(data.classes)),
+        "classes": list(data.classes),
         "pixel_scale": data.pixel_scale,
         "license": data.license,
         "content_hash": data.content_hash,
     }
     names = _TENSORS + (_ZCA if data.preprocess == "zca" else ())
     if data.preprocess == "zca":
-        meta["zca_eps"] = repr(data.zca_eps)
+        meta["zca_eps"] = data.zca_eps
     save_safetensors(path, {k: getattr(data, k) for k in names}, FORMAT, FORMAT_VERSION, meta)
 
 
 def load_prepared(path: Path | str) -> Prepared:
-    """Load and verify a prepared file: format, version, and that the content hash still matches the tensors."""
-    tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "prepared data", "run `distiller download` first")
+    """Load a prepared file, verified (format, version, seal: `files.load_safetensors`)."""
+    tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "prepared data", "re-run `distiller download`")
     names = _TENSORS + (_ZCA if any(k in tensors for k in _ZCA) else ())
     missing = [k for k in names if k not in tensors]
     if missing:
         raise DistillerError(f"{path}: missing tensors {missing}")
-    classes = tuple(json.loads(meta["classes"]))
-    if content_hash({k: tensors[k] for k in names}, classes) != meta.get("content_hash"):
-        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited); re-run download")
     return Prepared(
         source=meta["source"],
-        classes=classes,
+        classes=tuple(meta["classes"]),
         pixel_scale=meta["pixel_scale"],
         license=meta["license"],
         content_hash=meta["content_hash"],

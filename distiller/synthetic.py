@@ -8,18 +8,17 @@ nested `budgets`: the first b images of every class form the budget-b subset, fo
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from distiller.errors import DistillerError
-from distiller.files import load_safetensors, save_safetensors, sha256_tensors
+from distiller.files import load_safetensors, save_safetensors
 from distiller.prepared import Prepared
 
 FORMAT = "distiller.synthetic"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 
 
 @dataclass(frozen=True)
@@ -91,23 +90,15 @@ def initial_images(data: Prepared, ipc: int, init: str, gen: torch.Generator, un
 
 
 def save(syn: SyntheticSet, path: Path | str, provenance: dict[str, object]) -> None:
-    tensors = syn.tensors()
-    meta = {
-        "lr": json.dumps(syn.lr),
-        "ipc": str(syn.ipc),
-        "budgets": json.dumps(list(syn.budgets or (syn.ipc,))),
-        "content_hash": sha256_tensors(*tensors.values()),
-        "provenance": json.dumps(provenance),
-    }
-    save_safetensors(path, tensors, FORMAT, FORMAT_VERSION, meta)
+    meta = {"lr": syn.lr, "ipc": syn.ipc, "budgets": list(syn.budgets or (syn.ipc,)), "provenance": provenance}
+    save_safetensors(path, syn.tensors(), FORMAT, FORMAT_VERSION, meta)
 
 
 def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
-    tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "synthetic set", "run `distiller distill` first")
+    """A synthetic set and its provenance, verified (format, version, seal: the lr, ipc and budgets are sealed with
+    the tensors)."""
+    tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "synthetic set", "re-run `distiller distill`")
     if "images" not in tensors or "labels" not in tensors:
         raise DistillerError(f"{path}: synthetic set lacks images or labels")
-    lr = json.loads(meta["lr"])
-    syn = SyntheticSet.from_tensors(tensors, None if lr is None else float(lr), int(meta["ipc"]))
-    if sha256_tensors(*syn.tensors().values()) != meta.get("content_hash"):  # what `save` hashed
-        raise DistillerError(f"{path}: content hash mismatch (file corrupted or edited)")
-    return dataclasses.replace(syn, budgets=tuple(json.loads(meta["budgets"]))), json.loads(meta["provenance"])
+    syn = SyntheticSet.from_tensors(tensors, meta["lr"], meta["ipc"])
+    return dataclasses.replace(syn, budgets=tuple(meta["budgets"])), meta["provenance"]

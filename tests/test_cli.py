@@ -117,7 +117,8 @@ def test_stages_run_in_order_and_write_their_outputs(project):
     assert "distilled (mtt, ipc 2)" in out and "random real" in out and "full data" in out and "ipc   1:" in out
 
     metrics = json.loads(layout.evaluate_metrics.read_text())
-    assert {"dataset", "method", "ipc", "accuracy", "baselines", "protocol", "seconds"} <= set(metrics)
+    assert {"dataset", "method", "ipc", "accuracy", "baselines", "protocol", "seal"} <= set(metrics)
+    assert "seconds" in json.loads(layout.log("evaluate").read_text())  # timings live apart from the outputs
     assert metrics["dataset"] == "digits" and metrics["method"] == "mtt" and metrics["ipc"] == 2
     assert set(metrics["budgets"]) == {"1", "2"}  # evaluate.prefixes: the prefix of the MTT set is scored too
     for result in (metrics["accuracy"], metrics["baselines"]["random_real"]):

@@ -32,10 +32,10 @@ def test_trajectory_records_init_and_every_epoch(expert, tiny):
     assert not torch.equal(trajectory[0]["classifier.weight"], trajectory[-1]["classifier.weight"])
 
 
-def test_trajectories_round_trip_by_name(expert, tmp_path):
+def test_trajectories_round_trip_by_name(expert, digits, tiny, tmp_path):
     trajectory, _ = expert
     path = tmp_path / "expert_000.safetensors"
-    save_trajectory(trajectory, path)
+    save_trajectory(trajectory, path, manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed))
     loaded = load_trajectory(path)
     assert len(loaded) == len(trajectory)
     for epoch, (a, b) in enumerate(zip(trajectory, loaded, strict=True)):
@@ -46,16 +46,32 @@ def test_trajectories_round_trip_by_name(expert, tmp_path):
 
 def test_buffer_for_other_data_or_architecture_is_refused(expert, digits, tiny, tmp_path):
     trajectory, acc = expert
-    save_trajectory(trajectory, tmp_path / "expert_000.safetensors")
-    write_manifest(tmp_path, manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed), [acc])
+    info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
+    save_trajectory(trajectory, tmp_path / "expert_000.safetensors", info)
+    write_manifest(tmp_path, info, [acc])
     assert len(load_buffer(tmp_path, digits, tiny.model, min_epochs=2).trajectories) == 1
     with pytest.raises(DistillerError, match="another architecture"):
         load_buffer(tmp_path, digits, ModelParams(width=16), min_epochs=2)
     with pytest.raises(DistillerError, match="distillation needs 9"):
         load_buffer(tmp_path, digits, tiny.model, min_epochs=9)
-    info = json.loads((tmp_path / "manifest.json").read_text())
-    (tmp_path / "manifest.json").write_text(json.dumps({**info, "dataset_hash": "0" * 64}))
+    sealed = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**sealed, "dataset_hash": "0" * 64}))  # edited by hand
+    with pytest.raises(DistillerError, match="was edited or is not distiller's"):
+        load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
+    write_manifest(tmp_path, {**info, "dataset_hash": "0" * 64}, [acc])  # a buffer made for other data
     with pytest.raises(DistillerError, match="trained on other data"):
+        load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
+
+
+def test_an_expert_from_another_buffer_is_refused(expert, digits, tiny, tmp_path):
+    """Each trajectory names the data, network and lr it was trained for; a file swapped in from another buffer (another
+    split, seed or lr) is refused even though it is intact."""
+    trajectory, acc = expert
+    info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
+    other = {**info, "dataset_hash": "f" * 64}
+    save_trajectory(trajectory, tmp_path / "expert_000.safetensors", other)
+    write_manifest(tmp_path, info, [acc])
+    with pytest.raises(DistillerError, match="trained for another buffer"):
         load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
     with pytest.raises(DistillerError, match="expert buffer not found"):
         load_buffer(tmp_path / "nowhere", digits, tiny.model, min_epochs=2)

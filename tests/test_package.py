@@ -181,7 +181,8 @@ def test_zca_transform_is_packaged_with_the_set(tmp_path: Path):
     files = {str(p.relative_to(folder)) for p in (folder / "preprocessing").iterdir()}
     assert files == {"preprocessing/zca.safetensors", "preprocessing/split.safetensors"}
     with safe_open(str(folder / "preprocessing/zca.safetensors"), framework="pt") as f:
-        assert f.metadata()["format"] == "distiller.zca" and f.metadata()["eps"] == "0.1"
+        meta = json.loads(f.metadata()["distiller"])  # one entry of canonical JSON
+        assert meta["format"] == "distiller.zca" and meta["eps"] == 0.1
         for name, field in (("mean", "zca_mean"), ("matrix", "zca_matrix"), ("inverse", "zca_inverse")):
             assert torch.equal(f.get_tensor(name), getattr(prepared, field))
     card = DatasetCard.load(folder / "README.md")

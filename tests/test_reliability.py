@@ -3,7 +3,6 @@ params and truncated files that must each end in one clean line, never a traceba
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import signal
@@ -89,20 +88,27 @@ def reference_and_copy(base: Path, root: Path, stage: str) -> tuple[Path, Path]:
 MTT_RUN = tiny(mtt={"iterations": 300}, distill={"ipc": 1, "checkpoint_every": 10})
 
 
+def output_bytes(root: Path) -> dict[str, bytes]:
+    """Every file the distill stage declares (artifacts/distill and metrics/distill.json), by relative path."""
+    lay = Layout(root)
+    files = [*sorted(p for p in lay.distill_dir.rglob("*") if p.is_file()), lay.distill_metrics]
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
 @pytest.fixture(scope="module")
-def mtt_reference(tmp_path_factory) -> tuple[Path, torch.Tensor, str]:
-    """A prepared project with experts, and the images and curves of an uninterrupted MTT run on it."""
+def mtt_reference(tmp_path_factory) -> tuple[Path, torch.Tensor, str, dict[str, bytes]]:
+    """A prepared project with experts, and the images, curves and output bytes of an uninterrupted MTT run on it."""
     base = make_project(tmp_path_factory.mktemp("mtt") / "base", MTT_RUN, "download", "expert-buffer")
     ref = tmp_path_factory.mktemp("mtt-ref") / "ref"
     shutil.copytree(base, ref)
     run_cli(ref, "distill")
     syn, _ = load_synthetic(Layout(ref).synthetic)
-    return base, syn.images, Layout(ref).curves.read_text()
+    return base, syn.images, Layout(ref).curves.read_text(), output_bytes(ref)
 
 
 @pytest.mark.integration
 def test_sigkill_mid_run_then_rerun_resumes_bitwise_equal(mtt_reference, tmp_path: Path):
-    base, images, curves = mtt_reference
+    base, images, curves, outputs = mtt_reference
     project = tmp_path / "p"
     shutil.copytree(base, project)
     checkpoint = Layout(project).checkpoints("distill") / "mtt.safetensors"
@@ -113,12 +119,13 @@ def test_sigkill_mid_run_then_rerun_resumes_bitwise_equal(mtt_reference, tmp_pat
     syn, _ = load_synthetic(Layout(project).synthetic)
     assert torch.equal(syn.images, images)
     assert Layout(project).curves.read_text() == curves
+    assert output_bytes(project) == outputs  # byte for byte: DVC cannot tell a resumed run from an uninterrupted one
     assert not Layout(project).checkpoints("distill").exists()  # removed once the outputs are complete
 
 
 @pytest.mark.integration
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(mtt_reference, tmp_path: Path):
-    base, images, _ = mtt_reference
+    base, images, _, _ = mtt_reference
     project = tmp_path / "p"
     shutil.copytree(base, project)
     directory = Layout(project).checkpoints("distill")
@@ -127,7 +134,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(mtt_reference,
     kill_when(proc, lambda: (directory / "mtt.safetensors").exists() and any(directory.glob(".mtt.safetensors.*.tmp")))
     store = ckpt.Store(directory, "any", 10)
     tensors, meta = files.load_safetensors(directory / "mtt.safetensors", ckpt.FORMAT, ckpt.FORMAT_VERSION, "ckpt")
-    assert json.loads(meta["state"])["iteration"] == 10 and "images" in tensors
+    assert meta["state"]["iteration"] == 10 and "images" in tensors
     assert store.load("mtt") is None  # another fingerprint: a stale checkpoint is ignored, not trusted
     out = run_cli(project, "distill")
     assert "resumed from checkpoints (mtt after step 10)" in out

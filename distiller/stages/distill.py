@@ -60,17 +60,18 @@ def _mtt(p: Params, layout: Layout, ctx: Context, buffer: ExpertBuffer) -> str:
     files = buffer.manifest.get("files")
     prov = stamp(to_dict(p), method="mtt", dataset=ctx.data.source, dataset_hash=ctx.data.content_hash, experts=files)
     with atomic_dir(layout.distill_dir) as out:
-        synthetic.save(syn, out / layout.synthetic.name, {**prov, "seconds": seconds})
+        synthetic.save(syn, out / layout.synthetic.name, prov)
         write_text(out / layout.curves.name, csv_text(curves.rows()))
         plots.grid_png(syn.images, syn.ipc, ctx.data, out / layout.grid.name)
         title = f"MTT on {ctx.data.source}, {syn.ipc} image(s) per class"
         panels = {"MTT loss": curves["loss"], "syn_lr": curves["syn_lr"]}
         plots.curves_png(out / layout.curves_png.name, curves["iteration"], panels, title)
+        final = curves["loss"][-1]
+        metrics = {"method": "mtt", "ipc": syn.ipc, "iterations": p.mtt.iterations, "final_loss": final}
+        write_json(layout.distill_metrics, {**metrics, "syn_lr": syn.lr})  # before the outputs replace the old ones
     assert ctx.store is not None
     ctx.store.clear()
-    final = curves["loss"][-1]
-    metrics = {"method": "mtt", "ipc": syn.ipc, "iterations": p.mtt.iterations, "final_loss": final, "syn_lr": syn.lr}
-    write_json(layout.distill_metrics, {**metrics, "seconds": seconds})
+    write_json(layout.log("distill"), {"seconds": seconds})
     skipped = sum(curves["skipped"])
     return (
         f"distilled {len(syn.labels)} images ({syn.ipc} per class) with MTT: final loss {final:.4f}, "
@@ -86,25 +87,25 @@ def _ratbptt(p: Params, layout: Layout, ctx: Context) -> str:
     prov = stamp(to_dict(p), method="ratbptt", dataset=ctx.data.source, dataset_hash=ctx.data.content_hash)
     syn = result.boosted
     with atomic_dir(layout.distill_dir) as out:
-        synthetic.save(syn, out / layout.synthetic.name, {**prov, "seconds": seconds})
+        synthetic.save(syn, out / layout.synthetic.name, prov)
         for b, ref in result.direct.items() if len(budgets) > 1 else ():
             path = out / layout.reference(b).relative_to(layout.distill_dir)
             path.parent.mkdir(exist_ok=True)
-            synthetic.save(
-                ref, path, {**prov, "seconds": seconds, "reference": f"distilled directly at ipc {b}, no boosting"}
-            )
+            synthetic.save(ref, path, {**prov, "reference": f"distilled directly at ipc {b}, no boosting"})
         write_text(out / layout.curves.name, csv_text(_ratbptt_rows(result.curves)))
         plots.grid_png(syn.images, syn.ipc, ctx.data, out / layout.grid.name)
         runs = {run: (c["iteration"], c["meta_loss"]) for run, c in result.curves.items()}
         title = f"RaT-BPTT + Boost-DD on {ctx.data.source}, budgets {list(budgets)}"
         plots.runs_png(out / layout.curves_png.name, runs, "meta-loss", title)
+        final = {
+            run: round(sum(c["meta_loss"][-10:]) / len(c["meta_loss"][-10:]), 4) for run, c in result.curves.items()
+        }
+        metrics: dict[str, Any] = {"method": "ratbptt", "ipc": syn.ipc, "budgets": list(budgets)}
+        metrics["iterations"] = {run: len(c) for run, c in result.curves.items()}
+        write_json(layout.distill_metrics, {**metrics, "final_meta_loss": final})  # before the outputs are replaced
     assert ctx.store is not None
     ctx.store.clear()
-    final = {run: round(sum(c["meta_loss"][-10:]) / len(c["meta_loss"][-10:]), 4) for run, c in result.curves.items()}
-    metrics: dict[str, Any] = {"method": "ratbptt", "ipc": syn.ipc, "budgets": list(budgets)}
-    metrics["iterations"] = {run: len(c) for run, c in result.curves.items()}
-    metrics["final_meta_loss"] = final
-    write_json(layout.distill_metrics, {**metrics, "seconds": {**result.seconds, "total": seconds}})
+    write_json(layout.log("distill"), {"seconds": {**result.seconds, "total": seconds}})
     skipped = sum(sum(c["skipped"]) for c in result.curves.values())
     return (
         f"distilled {len(syn.labels)} images ({syn.ipc} per class) with RaT-BPTT, nested budgets {list(budgets)}; "

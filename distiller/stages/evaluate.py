@@ -8,7 +8,7 @@ from typing import Any
 from distiller import plots, synthetic
 from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
 from distiller.errors import DistillerError
-from distiller.files import atomic_dir, csv_text, write_json, write_text
+from distiller.files import atomic_dir, csv_text, write_json, write_sealed_json, write_text
 from distiller.params import Params
 from distiller.paths import Layout
 from distiller.prepared import load_prepared
@@ -25,13 +25,14 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any
         raise DistillerError(f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill")
     budgets = syn.budgets or (syn.ipc,)
     direct = {b: synthetic.load(layout.reference(b))[0] for b in budgets if layout.reference(b).is_file()}
-    metrics = scorecard(syn, str(prov.get("method")), direct, data, p, device, progress)
+    metrics, seconds = scorecard(syn, str(prov.get("method")), direct, data, p, device, progress)
     curves, table = budget_table(metrics)
     with atomic_dir(layout.evaluate_dir) as out:
         write_text(out / layout.budgets_csv.name, csv_text(table))
         title = f"{data.source}, {metrics['method']}"
         plots.budgets_png(out / layout.budgets_png.name, metrics["budgets"], curves, title)
-    write_json(layout.evaluate_metrics, metrics)
+        write_sealed_json(layout.evaluate_metrics, metrics)  # sealed: the package stage refuses an edited one
+    write_json(layout.log("evaluate"), {"seconds": seconds})
     return metrics
 
 

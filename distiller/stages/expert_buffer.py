@@ -35,7 +35,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
         for i, trajectory, acc in experts.train_buffer(
             data, p.model, p.expert, p.augment, p.seed, device, store, advance
         ):
-            buffer.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors")
+            buffer.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors", info)
             accuracies.append(acc)
         buffer.write_manifest(out, info, accuracies)
     store.clear()
