@@ -1,26 +1,24 @@
 """The `distiller` command line: a thin layer over `distiller.stages` and the packaging commands.
 
 Every stage command reads `params.yaml` (or `--params`), accepts `-S key=value` overrides, calls its stage module's
-`run` and prints its `summary`. A Rich progress bar shows on a terminal (quiet in CI logs), and user errors become one
-line on stderr with exit code 2. Stage modules are imported when their command runs, so `--help` stays fast.
+`run` and prints its `summary`. `distiller.session` supplies the rest: a Rich progress bar on a terminal (quiet in CI
+logs), user and filesystem errors as one line on stderr with exit code 2, and one stage at a time per project. Stage
+modules are imported when their command runs, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distiller import __version__
 from distiller.errors import DistillerError
 from distiller.paths import Layout
+from distiller.session import project_lock, session
 
 app = typer.Typer(
     name="distiller",
@@ -43,7 +41,6 @@ RootOpt = Annotated[
     Path, typer.Option("--root", help="Project directory that holds artifacts/ and metrics/.", show_default=True)
 ]
 FolderArg = Annotated[Path, typer.Argument(help="A packaged datasets folder, e.g. datasets/digits-distilled-ipc10.")]
-err = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -59,37 +56,6 @@ def _main(
     ] = False,
 ) -> None:
     """Distill a dataset into a few synthetic images per class."""
-
-
-class RichReporter:
-    """`Reporter` backed by one Rich progress display; disabled when stderr is not a terminal (CI logs)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        task_id = self.progress.add_task(description, total=total)
-
-        def advance(n: int = 1) -> None:
-            self.progress.advance(task_id, n)
-
-        return advance
-
-
-@contextlib.contextmanager
-def _session() -> Iterator[RichReporter]:
-    """Progress bars plus the error contract: DistillerError -> one line on stderr, exit code 2."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    progress = Progress(*columns, TimeRemainingColumn(), console=err, disable=not err.is_terminal)
-    try:
-        with progress:
-            yield RichReporter(progress)
-    except DistillerError as e:
-        typer.echo("error: " + " ".join(str(e).splitlines()), err=True)  # always one line
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted; nothing was written for the unfinished stage", err=True)
-        raise typer.Exit(130) from None
 
 
 def _load(params: Path | None, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> Any:
@@ -111,10 +77,12 @@ def _stage(
     **options: Any,
 ) -> None:
     """Run the stage module `distiller.stages.<name>` and print its summary."""
-    with _session() as reporter:
+    with session() as reporter:
         p = _load(params, overrides, extra)
         stage = importlib.import_module(f"distiller.stages.{name}")
-        result = stage.run(p, Layout(root), reporter, **options)
+        layout = Layout(root)
+        with project_lock(layout.lock):
+            result = stage.run(p, layout, reporter, **options)
     typer.echo(stage.summary(result))
 
 
@@ -180,7 +148,7 @@ def distill(
     """
     extra: dict[str, Any] = {"distill.ipc": ipc}
     if iterations is not None:  # the iterations of the method the params and overrides select
-        with _session():
+        with session():
             extra[f"{_load(params, set_, extra).distill.method}.iterations"] = iterations
     _stage("distill", params, set_, root, extra)
 
@@ -220,7 +188,7 @@ def params(
     """Print every parameter with its meaning, as params.yaml (the defaults, or a file's values with overrides)."""
     from distiller.params import render
 
-    with _session():
+    with session():
         p = _load(file, set_)
     typer.echo(render(p), nl=False)
 
@@ -235,7 +203,7 @@ def validate(folder: FolderArg) -> None:
     """
     from distiller.validate import validate as check
 
-    with _session():
+    with session():
         report = check(folder)
     typer.echo(report.summary())
 
@@ -265,7 +233,7 @@ def publish(
     """
     from distiller import publish as pub
 
-    with _session():
+    with session():
         if to is Target.dir:
             if dest is None:
                 raise DistillerError("--to dir needs a destination: distiller publish FOLDER --to dir PATH")

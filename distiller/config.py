@@ -1,13 +1,14 @@
 """A small engine between YAML mappings and frozen dataclasses: checked on the way in, plain data on the way out.
 
-Schemas (`distiller.params`, `distiller.contract`) declare fields with `setting(default, help, ge=..., ...)` or plain
-annotated fields; this module knows nothing of what they mean. `build` rejects unknown keys (with a did-you-mean),
-missing required keys, wrong types, non-finite numbers and out-of-range values, each as one `DistillerError` line
-naming the dotted key. Annotations it understands: int, float, bool, str, `Literal[...]`, `X | None`,
-`tuple[X, ...]`, `dict[str, X]`, `Any`, nested dataclasses, and value types with a `from_config(value, key)`
-classmethod and a `to_config()` method (e.g. the augmentation families). `to_dict` is the inverse; a field whose
-default is None is left out while it is None. `render_yaml` writes a dataclass as commented YAML, every key followed
-by its help, which makes the schema the one source of each key's documentation.
+Schemas (`distiller.params`, `distiller.contract`) declare fields with `setting(default, help, ge=..., ...)`,
+`field(metadata={"ge": ...})` or plain annotations; this module knows nothing of what they mean. `build` rejects
+unknown keys (with a did-you-mean), missing required keys, wrong types, non-finite numbers and out-of-range values
+(bounds on a tuple apply to every element), each as one `DistillerError` line naming the dotted key. Annotations it
+understands: int, float, bool, str, `Literal[...]`, `X | None`, `tuple[X, ...]`, `dict[str, X]`, `Any`, nested
+dataclasses, and value types with a `from_config(value, key)` classmethod and a `to_config()` method (e.g. the
+augmentation families). `to_dict` is the inverse; a field whose default is None is left out while it is None.
+`render_yaml` writes a dataclass as commented YAML, every key followed by its help, which makes the schema the one
+source of each key's documentation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
+from distiller import safeyaml
 from distiller.errors import DistillerError
 
 
@@ -62,7 +64,10 @@ def build(cls: type, raw: Any, *, where: str = "params", prefix: str = "") -> An
             continue
         values[name] = _coerce(dotted(name), raw[name], hints[name], where)
         _check_bounds(dotted(name), values[name], f.metadata, where)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except DistillerError as e:  # a check across fields (`__post_init__`) names its keys, `where` the file
+        raise DistillerError(f"{where}: {e}") from None
 
 
 def _type_name(tp: Any) -> str:
@@ -139,6 +144,10 @@ _BOUNDS = (
 
 
 def _check_bounds(key: str, value: Any, meta: Mapping[str, Any], where: str) -> None:
+    if isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _check_bounds(f"{key}[{i}]", v, meta, where)
+        return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     for name, word, test in _BOUNDS:
@@ -151,16 +160,11 @@ def _check_bounds(key: str, value: Any, meta: Mapping[str, Any], where: str) -> 
 
 
 def load_yaml(path: Path | str) -> dict[str, Any]:
-    """A YAML file holding a mapping (or nothing), read safely; a missing or malformed file is one line."""
+    """A params file holding a mapping (or nothing), read with `safeyaml`'s limits; every problem is one line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DistillerError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise DistillerError(f"{path}: not valid YAML{where}") from None
+    raw = safeyaml.load_file(path, "params file")
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise DistillerError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
@@ -183,7 +187,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise DistillerError(f"override '{text}' must look like key=value (e.g. distill.ipc=1)")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    key = key.strip()
+    return key, safeyaml.loads(value, f"override {key}") if value.strip() else ""
 
 
 # ---------------------------------------------------------------------------------------------------------------------

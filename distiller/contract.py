@@ -12,20 +12,21 @@ field order below, so card -> contract -> card is the same text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distiller import config
+from distiller.config import setting
 
 
 @dataclass(frozen=True)
 class Result:
     """Test accuracies (fractions) of `runs` independently trained networks; std is the population std."""
 
-    mean: float
-    std: float
-    runs: int
-    values: tuple[float, ...]
+    mean: float = field(metadata={"ge": 0, "le": 1})
+    std: float = field(metadata={"ge": 0, "le": 0.5})  # of values in [0, 1]
+    runs: int = field(metadata={"ge": 1})
+    values: tuple[float, ...] = field(metadata={"ge": 0, "le": 1})
 
     @classmethod
     def of(cls, r: dict[str, Any]) -> Result:
@@ -38,7 +39,7 @@ class EvalSplit:
     """Where the real test images come from: the source's canonical split, or indices into its own order."""
 
     kind: Literal["canonical", "indices"]
-    count: int
+    count: int = field(metadata={"ge": 1})
     split: str | None = None  # canonical: the split's name
     file: str | None = None  # indices: the sidecar holding them ...
     tensor: str | None = None  # ... under this tensor name
@@ -65,8 +66,8 @@ class Preprocessing:
     file: str  # the sidecar with the transform
     stored: str
     mean: tuple[float, ...] | None = None  # normalize: per channel
-    std: tuple[float, ...] | None = None
-    eps: float | None = None  # zca
+    std: tuple[float, ...] | None = setting(None, "", gt=0)
+    eps: float | None = setting(None, "zca", gt=0)
     variant: str | None = None
 
 
@@ -102,8 +103,8 @@ class Architecture:
     arch: str
     norm: str
     activation: str
-    input_shape: tuple[int, int, int]  # (C, H, W)
-    num_classes: int
+    input_shape: tuple[int, int, int] = field(metadata={"ge": 1})  # (C, H, W)
+    num_classes: int = field(metadata={"ge": 2})
     depth: int | None = None
     width: int | None = None
     pooling: str | None = None
@@ -124,16 +125,16 @@ class Protocol:
 
     name: str
     optimizer: Literal["sgd", "adam"]
-    epochs: int
-    batch_size: int
-    momentum: float | None
-    weight_decay: float
+    epochs: int = field(metadata={"ge": 1})
+    batch_size: int = field(metadata={"ge": 1})
+    momentum: float | None = field(metadata={"ge": 0, "lt": 1})
+    weight_decay: float = field(metadata={"ge": 0})
     lr_schedule: str
     lr: str
-    real_lr: float
+    real_lr: float = field(metadata={"gt": 0})
     augmentation: Augmentation | None
     architecture: Architecture
-    num_eval: int
+    num_eval: int = field(metadata={"ge": 1})
     full_data: FullData
     std: str
     test_split: str
@@ -145,9 +146,9 @@ class Protocol:
 class Budget:
     """One config: the first `images_per_class` images of every class, trained at `lr`."""
 
-    images_per_class: int
-    rows: int
-    lr: float
+    images_per_class: int = field(metadata={"ge": 1})
+    rows: int = field(metadata={"ge": 1})
+    lr: float = field(metadata={"gt": 0})
     accuracy: Result
     random_real: Result
     direct: Result | None = None  # Boost-DD: distilled directly at this budget

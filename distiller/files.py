@@ -41,17 +41,25 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _publishable(path: Path) -> None:
+    """The usual permissions (0644 and 0755 under the common umask 022) for an output and everything in it: mkstemp
+    and mkdtemp create 0600 and 0700, and so do some writers (safetensors); outputs hold no secrets."""
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _publishable(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -68,9 +76,9 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of this stage
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp
+        _publishable(tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:
@@ -198,7 +206,7 @@ def load_safetensors(
         raise DistillerError(f"{path}: cannot read {what} ({first_line(e)})") from None
     try:
         meta = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != fmt:
         found = meta.get("format") if isinstance(meta, dict) else None

@@ -99,7 +99,7 @@ def distill(ctx: Context, buffer: ExpertBuffer, p: MTTParams, ipc: int, syn_lr: 
         theta0 = {k: v.clone().requires_grad_(True) for k, v in start.items()}
         theta_n = student_unroll(model, theta0, images, labels, lr, p.syn_steps, p.batch_syn, ctx.augment, augment_gen)
         loss = mtt_loss(theta_n, start, target)
-        problem = outer_step(loss, images, lr, opt_img, opt_lr, p.syn_lr_floor)
+        problem = outer_step(loss, images, lr, opt_img, opt_lr, p.syn_lr_floor, float(syn_lr))
 
         guard.check(problem, f"iteration {it}")
         curves.add(
@@ -118,15 +118,20 @@ def outer_step(
     opt_img: torch.optim.Optimizer,
     opt_lr: torch.optim.Optimizer,
     floor: float,
+    start_lr: float,
 ) -> str | None:
     """One SGD step on S and alpha; returns what went wrong, or None.
 
-    A step whose loss or gradients are not finite is skipped; one that leaves alpha non-positive or non-finite
-    (possible when `floor` is 0) or the images non-finite is rolled back to the state before it."""
+    A step whose loss or gradients are not finite is skipped, blaming the outer lr of whichever grew: alpha (more
+    than tenfold from `start_lr`: mtt.lr_lr) or else the images (mtt.lr_img); one that leaves alpha non-positive or
+    non-finite (possible when `floor` is 0) or the images non-finite is rolled back to the state before it."""
     opt_img.zero_grad(set_to_none=True)
     opt_lr.zero_grad(set_to_none=True)
     loss.backward()
     if not finite(loss, images.grad, syn_lr.grad):
+        alpha = float(syn_lr.detach())
+        if abs(alpha) > 10 * abs(start_lr):
+            return f"the MTT loss or its gradient is not finite with syn_lr grown to {alpha:.3g} (lower mtt.lr_lr)"
         return "the MTT loss or its gradient is not finite (images exploding: lower mtt.lr_img)"
     before = (
         images.detach().clone(),

@@ -76,8 +76,7 @@ def build(p: Params, layout: Layout) -> Path:
         write_sidecars(out, inp.data)
         (out / "images").mkdir()
         shutil.copyfile(layout.grid, out / GRID)
-        if layout.budgets_png.is_file():
-            shutil.copyfile(layout.budgets_png, out / BUDGETS_PNG)
+        shutil.copyfile(layout.budgets_png, out / BUDGETS_PNG)
         (out / "README.md").write_text(readme.render(card.build(p, inp, layout), infos))
     return folder
 

@@ -276,8 +276,8 @@ HEADER = """distiller parameters, one section per concern. Rendered from distill
 every key is declared with the help text that follows it here; the values are the defaults."""
 
 
-def params_from_dict(raw: Any) -> Params:
-    return config.build(Params, {} if raw is None else raw)
+def params_from_dict(raw: Any, where: str = "params") -> Params:  # `where` (the file) starts every error message
+    return config.build(Params, {} if raw is None else raw, where=where)
 
 
 def load_params(path: Path | str | None = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
@@ -285,7 +285,8 @@ def load_params(path: Path | str | None = "params.yaml", overrides: dict[str, An
     raw = config.load_yaml(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
         config.set_dotted(raw, dotted, value)
-    return params_from_dict(raw)
+    where = str(path) if path is not None else "params"
+    return params_from_dict(raw, f"{where} with -S overrides" if overrides else where)
 
 
 def to_dict(p: Any) -> dict[str, Any]:

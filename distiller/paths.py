@@ -40,6 +40,7 @@ class Layout:
     evaluate_metrics = _Below("metrics/evaluate.json")
     datasets_dir = _Below("datasets")  # package
     dvc_lock = _Below("dvc.lock")
+    lock = _Below(".distiller.lock")  # held by the running stage command (git- and DVC-ignored)
 
     def reference(self, budget: int) -> Path:
         """A set distilled directly (no boosting) at `budget` images per class."""

@@ -12,9 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from distiller import __version__
+from distiller import __version__, safeyaml
+from distiller.errors import DistillerError
 
 
 def git(root: Path | str, *args: str) -> str | None:
@@ -46,8 +45,13 @@ def dvc_lock_sha256(path: Path) -> str | None:
     the data: dvc writes each stage's entry as it completes, before the next stage starts). None without a lock."""
     if not path.is_file():
         return None
-    lock = yaml.safe_load(path.read_text()) or {}
-    stages = {k: v for k, v in (lock.get("stages") or {}).items() if k != "package"}
+    lock = safeyaml.load_file(path, "dvc lock file")
+    if not lock:
+        return None
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    if not isinstance(stages, dict):
+        raise DistillerError(f"{path}: not a dvc.lock (no `stages` mapping); delete it and rerun `dvc repro`")
+    stages = {k: v for k, v in stages.items() if k != "package"}
     return hashlib.sha256(json.dumps(stages, sort_keys=True).encode()).hexdigest() if stages else None
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distiller.errors import DistillerError, first_line
+from distiller.folder import copy_declared, hub_patterns
 from distiller.params import SEMVER
 from distiller.validate import validate
 
@@ -78,6 +79,7 @@ def publish_to_hub(
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
+            allow_patterns=hub_patterns(report.files),  # the files validate checked, nothing else
             repo_type="dataset",
             commit_message=f"{folder.name} {tag}",
             # the same commit drops shards of configs this version no longer has
@@ -119,10 +121,17 @@ def _hub_error(e: Exception, repo_id: str, tag: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def publish_to_dir(folder: Path | str, dest: Path | str) -> Path:
-    """Validate, then copy the folder to `dest` (which must not exist or be empty), atomically."""
+    """Validate, then copy the folder's files (all declared by its card) to `dest` (which must not exist or be
+    empty), world-readable, atomically."""
     folder, dest = Path(folder), Path(dest)
-    validate(folder)
+    report = validate(folder)
     if dest.resolve() == folder.resolve() or folder.resolve() in dest.resolve().parents:
         raise DistillerError(f"{dest}: the destination is inside the dataset folder")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -130,8 +139,8 @@ def publish_to_dir(folder: Path | str, dest: Path | str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        shutil.rmtree(tmp)
-        shutil.copytree(folder, tmp, symlinks=False)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the copy private
+        copy_declared(folder, report.files, tmp)
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)

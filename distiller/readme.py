@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from distiller import models
-from distiller.card import GRID, NORMALIZATION, SPLIT, ZCA, model_params
+from distiller.card import BUDGETS_PNG, GRID, NORMALIZATION, SPLIT, ZCA, model_params
 from distiller.contract import Contract, Result
 
 PAPERS = {
@@ -107,6 +107,7 @@ def _fields(c: Contract, preview: bool) -> dict[str, str]:
         "results": _results(c),
         "cross_architecture": _cross_architecture(c),
         "grid": GRID,
+        "budgets_figure": BUDGETS_PNG,
         "columns": _columns(c, preview),
         "preprocessing": _preprocessing(c),
         "test_images": f" The test images are the source's images at the indices in `{SPLIT}` (`test_indices`)."

@@ -252,15 +252,16 @@ def _card_edit(old: str, new: str):
         (lambda f: (f / "link.png").symlink_to("/etc/hostname"), "symbolic links are not published"),
         (
             lambda f: shutil.copy(f / "ipc1/train-00000-of-00001.parquet", f / "ipc2/train-00000-of-00001.parquet"),
-            "10 rows, but the card's dataset_info says 20",
+            "its data files hold",
         ),
+        (_card_edit("num_examples: 20", "num_examples: 21"), "20 rows, but the card's dataset_info says 21"),
         (lambda f: (f / "preprocessing/split.safetensors").write_bytes(b"junk"), "sidecar missing or unreadable"),
-        (lambda f: (f / "README.md").write_text("---\nlicense: [\n---\n"), "does not parse"),
+        (lambda f: (f / "README.md").write_text("---\nlicense: [\n---\n"), "not valid YAML"),
         (_card_edit("rows: 20", "rows: twenty"), "distiller.budgets.ipc2.rows must be an integer, got 'twenty'"),
         (_card_edit("  method: mtt\n", "  method: gan\n"), "distiller.method must be one of 'mtt', 'ratbptt'"),
         (_card_edit("  default_config: ipc3\n", ""), "distiller.default_config is missing"),
         (_card_edit("  nested:", "  nestd:"), "unknown key 'distiller.nestd' (did you mean 'distiller.nested'?)"),
-        (_card_edit("path: ipc1/train-*.parquet", "path: /etc/passwd"), "give relative paths"),
+        (_card_edit("path: ipc1/train-*.parquet", "path: /etc/passwd"), "must be a relative path inside the folder"),
     ],
 )
 def test_validate_refuses_a_broken_folder_in_one_line(mtt_folder: Path, tmp_path: Path, edit, fragment):
@@ -276,7 +277,9 @@ def test_swapped_rows_break_nesting(mtt_folder: Path, tmp_path: Path):
     def shuffle(folder: Path) -> None:
         shard = folder / "ipc2/train-00000-of-00001.parquet"
         ds = Dataset.from_parquet(str(shard), cache_dir=str(tmp_path / "c"))
+        size = shard.stat().st_size
         ds.select(list(reversed(range(len(ds))))).to_parquet(str(shard))
+        _card_edit(f"download_size: {size}", f"download_size: {shard.stat().st_size}")(folder)
 
     result = runner.invoke(app, ["validate", str(_broken(mtt_folder, tmp_path, shuffle))])
     assert result.exit_code == 2 and "not the previous config's" in result.stderr, result.output

@@ -124,7 +124,8 @@ def test_a_file_holding_the_token_is_never_uploaded(folder: Path, online, tmp_pa
 
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
-    (copy / "images" / "notes.txt").write_text(f"token={SECRET}\n")
+    with (copy / "README.md").open("a") as card:
+        card.write(f"\ntoken={SECRET}\n")
     api = fake_api()
     result = publish(copy, api)
     assert result.exit_code == 2 and "contains the Hugging Face token" in result.stderr, result.output

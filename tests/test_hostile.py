@@ -1,0 +1,415 @@
+"""Hostile input and faults, class by class: every case ends in exit code 2 with one line naming the key, file or path,
+and leaves nothing half-written; none exits 0 with a wrong result (docs/reliability.md lists the guarantees).
+
+Classes: params files and `-S` overrides; artifacts and checkpoints; dataset folders and cards for `validate` and
+`publish`; disk full and read-only filesystems in every stage and in `publish --to dir`; concurrent runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from unittest.mock import patch
+
+import pytest
+import yaml
+from helpers import STAGES, TINY, make_project, tiny
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from distiller.cli import app
+from distiller.config import parse_override
+from distiller.errors import DistillerError
+from distiller.params import load_params, params_from_dict
+from distiller.paths import Layout
+from distiller.session import project_lock
+
+runner = CliRunner()
+
+
+def refused(result, *fragments: str) -> None:
+    """Exit 2, one line on stderr holding every fragment, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(f in lines[0] for f in fragments), result.stderr
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. params files and overrides
+
+BOMB = "".join(
+    f"{a}: &{a} [{', '.join([f'*{b}'] * 9) if b else ', '.join(['x'] * 9)}]\n"
+    for b, a in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+).replace("a: &a [, ", "a: &a [")
+
+
+def _file(tmp_path: Path, content: str | bytes) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+PARAM_FILES = [
+    ("seed: !!python/name:os.system\n", ["the YAML tag", "not allowed"]),
+    ("seed: !custom 3\n", ["the YAML tag '!custom'"]),
+    (b"seed: \xff\xfe\n", ["not UTF-8"]),
+    ("x: " + "[" * 5000 + "]" * 5000 + "\n", ["nested more than"]),
+    (BOMB.replace("\ni:", "\nseed:"), ["more than", "values"]),
+    ("a: &a [*a]\n", ["more than", "values"]),
+    ("seed: 1\nseed: 2\n", ["'seed' appears twice"]),
+    ("seed: 1\n" + "#" * (1 << 20), ["larger than"]),
+    ("distill: {ipc: [1\n", ["not valid YAML"]),
+    ("- 1\n- 2\n", ["must be a mapping"]),
+    ("augment: {rotate: .inf}\n", ["augment.rotate must be a finite number"]),
+    ("mtt: {lr_img: .nan}\n", ["mtt.lr_img must be a finite number"]),
+    ("device: cudaXYZ\n", ["device", "cudaXYZ"]),
+    ("distill: {ipc: 0}\n", ["distill.ipc must be >= 1"]),
+]
+
+
+@pytest.mark.parametrize(("content", "fragments"), PARAM_FILES, ids=[f[1][0] for f in PARAM_FILES])
+def test_hostile_params_files_are_one_line(tmp_path: Path, content, fragments):
+    path = _file(tmp_path, content)
+    refused(runner.invoke(app, ["params", "-p", str(path)]), str(path), *fragments)
+
+
+def test_the_alias_bomb_is_a_real_one():
+    """The BOMB above expands to 9**9 (387 million) values: refused by counting, never by expanding."""
+    assert len(BOMB) < 400 and BOMB.count("*") == 8 * 9
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("distill.ipc=[1", ["override distill.ipc: not valid YAML"]),
+        ('distill.ipc=!!python/object/apply:os.system ["true"]', ["override distill.ipc", "not allowed"]),
+        ("distill.ipc={a: {b: {c: " + "[" * 100 + "]" * 100 + "}}}", ["nested more than"]),
+        ("augment.rotate=.inf", ["augment.rotate must be a finite number"]),
+        ("mtt.lr_img=1e999", ["mtt.lr_img must be a finite number"]),
+        ("device=cuda:x", ["device"]),
+        ("distill.ipc", ["must look like key=value"]),
+        ("distill=3", ["distill must be a mapping"]),
+    ],
+)
+def test_hostile_overrides_are_one_line(override, fragments):
+    refused(runner.invoke(app, ["params", "-S", override]), *fragments)
+
+
+@pytest.mark.parametrize("where", ["fifo", "directory", "missing"])
+def test_params_that_are_not_a_regular_file_are_one_line(tmp_path: Path, where):
+    path = tmp_path / "params.yaml"
+    {"fifo": lambda: os.mkfifo(path), "directory": path.mkdir, "missing": lambda: None}[where]()
+    refused(runner.invoke(app, ["params", "-p", str(path)]), str(path))
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=40), key=st.sampled_from(["distill.ipc", "mtt.lr_img", "device", "augment.strategy"]))
+def test_any_override_value_loads_or_fails_with_one_clean_line(value, key):
+    try:
+        load_params(None, dict([parse_override(f"{key}={value}")]))
+    except DistillerError as e:
+        assert str(e) and "\n" not in str(e)
+
+
+_yaml_nodes = st.recursive(
+    st.one_of(st.integers(), st.floats(allow_subnormal=False), st.text(max_size=5), st.booleans(), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=_yaml_nodes, anchors=st.integers(0, 6))
+def test_yaml_with_anchors_and_aliases_loads_or_fails_cleanly(data, anchors):
+    """Documents with repeated anchors (a ladder of aliases `anchors` deep) under a real key."""
+    ladder = "".join(f"k{i}: &k{i} [{', '.join([f'*k{i - 1}'] * 4) if i else '0'}]\n" for i in range(anchors))
+    text = ladder + yaml.safe_dump({"seed": data}) if anchors == 0 else ladder + f"seed: *k{anchors - 1}\n"
+    try:
+        load_params(None, {"seed": parse_override(f"seed={json.dumps(data)}")[1]})
+        from distiller import safeyaml
+
+        safeyaml.loads(text, "doc")
+    except DistillerError as e:
+        assert str(e) and "\n" not in str(e)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. artifacts, checkpoints, cards: a module-wide finished project, copied per case
+
+
+FINISHED = tiny(distill={"ipc": 2, "budgets": [1]}, evaluate={"prefixes": True})  # packaged as ipc1 and ipc2
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("hostile"), FINISHED, *STAGES)
+
+
+@pytest.fixture
+def project(finished: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def stage(name: str, root: Path, *extra: str):
+    return runner.invoke(app, [name, "--params", str(root / "params.yaml"), "--root", str(root), *extra])
+
+
+def _rewrite_meta(path: Path, edit) -> None:
+    """Rewrite a safetensors file's metadata JSON (keeping its seal), as an editor of the file would."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(path), metadata=edit(meta))
+
+
+def _edit_json(key: str, value):
+    def edit(meta: dict) -> dict:
+        inner = json.loads(meta["distiller"])
+        inner[key] = value
+        return {"distiller": json.dumps(inner)}
+
+    return edit
+
+
+ARTIFACTS = {  # case -> (damage the project, stage that reads it, what the error names)
+    "manifest is a list": (lambda lay: (lay.experts_dir / "manifest.json").write_text("[]"), "distill", "manifest"),
+    "manifest field retyped": (
+        lambda lay: (lay.experts_dir / "manifest.json").write_text(
+            (lay.experts_dir / "manifest.json").read_text().replace('"num_experts": 2', '"num_experts": "2"')
+        ),
+        "distill",
+        "manifest",
+    ),
+    "metadata not JSON": (
+        lambda lay: _rewrite_meta(lay.synthetic, lambda m: {"distiller": "{nope"}),
+        "evaluate",
+        "synthetic",
+    ),
+    "learned lr edited": (lambda lay: _rewrite_meta(lay.synthetic, _edit_json("lr", 5.0)), "evaluate", "synthetic"),
+    "ipc edited": (lambda lay: _rewrite_meta(lay.synthetic, _edit_json("ipc", 1)), "evaluate", "synthetic"),
+    "prepared metadata edited": (
+        lambda lay: _rewrite_meta(lay.prepared, _edit_json("classes", list("abcdefghij"))),
+        "expert-buffer",
+        "prepared",
+    ),
+    "metrics not a mapping": (lambda lay: lay.evaluate_metrics.write_text("[1, 2]"), "package", "evaluate.json"),
+    "metrics edited": (
+        lambda lay: lay.evaluate_metrics.write_text(
+            lay.evaluate_metrics.read_text().replace('"mean": 0.', '"mean": 0.9', 1)
+        ),
+        "package",
+        "evaluate.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARTIFACTS))
+def test_damaged_artifacts_are_refused_by_name(project: Path, case):
+    damage, reader, named = ARTIFACTS[case]
+    layout = Layout(project)
+    damage(layout)
+    outputs = {"distill": layout.distill_dir, "evaluate": layout.evaluate_dir, "expert-buffer": layout.experts_dir}
+    before = sorted(p.name for p in outputs.get(reader, layout.datasets_dir).rglob("*"))
+    refused(stage(reader, project), named)
+    assert sorted(p.name for p in outputs.get(reader, layout.datasets_dir).rglob("*")) == before
+
+
+def test_an_edited_checkpoint_is_refused_not_resumed(project: Path):
+    from distiller import mtt
+
+    real, calls = mtt.mtt_loss, {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with patch.object(mtt, "mtt_loss", interrupted):
+        assert stage("distill", project, "-S", "distill.checkpoint_every=1").exit_code == 130
+    (checkpoint,) = Layout(project).checkpoints("distill").glob("*.safetensors")
+    _rewrite_meta(checkpoint, _edit_json("state", {"iteration": "2"}))
+    refused(stage("distill", project, "-S", "distill.checkpoint_every=1"), checkpoint.name, "corrupted or edited")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. dataset folders and cards
+
+
+@pytest.fixture
+def folder(project: Path) -> Path:
+    p = params_from_dict(FINISHED)
+    return Layout(project).package_dir(p.data.source, p.distill.ipc)
+
+
+def _card(old: str, new: str):
+    def edit(f: Path) -> None:
+        text = (f / "README.md").read_text()
+        assert old in text, old
+        (f / "README.md").write_text(text.replace(old, new, 1))
+
+    return edit
+
+
+def _front(edit):
+    """Edit the card's YAML front matter as data (`edit` changes the mapping in place), keeping its body."""
+
+    def apply(f: Path) -> None:
+        _, front, body = (f / "README.md").read_text().split("---\n", 2)
+        data = yaml.safe_load(front)
+        edit(data)
+        (f / "README.md").write_text(f"---\n{yaml.safe_dump(data, sort_keys=False)}---\n{body}")
+
+    return apply
+
+
+def _nan_pixels(f: Path) -> None:
+    import pyarrow.parquet as pq
+
+    shard = f / "ipc1/train-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    rows = table.column("pixel_values").to_pylist()
+    rows[0][0][0][0] = float("nan")
+    size = shard.stat().st_size
+    import pyarrow as pa
+
+    table = table.set_column(
+        table.schema.get_field_index("pixel_values"),
+        table.schema.field("pixel_values"),
+        pa.array(rows, type=table.schema.field("pixel_values").type),
+    )
+    pq.write_table(table, shard)
+    _card(f"download_size: {size}", f"download_size: {shard.stat().st_size}")(f)
+
+
+FOLDERS = {
+    "data_files leave the folder": (
+        _card("path: ipc1/train-*.parquet", "path: ../../*/ipc1/*.parquet"),
+        "inside the folder",
+    ),
+    "empty data_files": (_card("path: ipc1/train-*.parquet", "path: ''"), "inside the folder"),
+    "configs as a string": (_front(lambda d: d.update(configs="ipc1")), "configs"),
+    "budgets as a number": (_front(lambda d: d["distiller"].update(budgets=3)), "distiller.budgets"),
+    "accuracy above 1": (_card("      mean: 0.", "      mean: 1."), "must be <= 1"),
+    "negative std": (_card("      std: 0.", "      std: -0."), "must be >= 0"),
+    "NaN baseline": (_front(lambda d: d["distiller"]["full_data"].update(mean=float("nan"))), "finite"),
+    "mean disagrees with runs": (_card("      mean: 0.", "      mean: 0.0"), "say otherwise"),
+    "download_size off": (_card("  download_size: ", "  download_size: 1"), "dataset_info says"),
+    "NaN pixels": (_nan_pixels, "NaN or infinite"),
+    "a stray .env": (lambda f: (f / ".env").write_text("HF_TOKEN=x\n"), ".env: a file the card does not declare"),
+    "an editor backup": (lambda f: (f / "README.md~").write_text("old"), "README.md~"),
+    "a FIFO sidecar": (
+        lambda f: ((f / "preprocessing/split.safetensors").unlink(), os.mkfifo(f / "preprocessing/split.safetensors")),
+        "not a regular file",
+    ),
+    "a symlinked file": (lambda f: (f / "images/x.png").symlink_to("/etc/hostname"), "symbolic links"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOLDERS))
+def test_hostile_folders_are_refused_by_validate_and_publish(folder: Path, tmp_path: Path, case):
+    damage, fragment = FOLDERS[case]
+    damage(folder)
+    refused(runner.invoke(app, ["validate", str(folder)]), fragment)
+    dest = tmp_path / "published"
+    refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), fragment)
+    assert not dest.exists() and not list(tmp_path.glob(".published.*"))
+
+
+def test_a_folder_that_is_a_symlink_is_refused(folder: Path, tmp_path: Path):
+    link = tmp_path / "link"
+    link.symlink_to(folder, target_is_directory=True)
+    refused(runner.invoke(app, ["validate", str(link)]), "symbolic link")
+
+
+def test_glob_characters_in_the_folder_path_are_plain_characters(folder: Path, tmp_path: Path):
+    odd = tmp_path / "we[ir]d* name"
+    shutil.copytree(folder, odd)
+    result = runner.invoke(app, ["validate", str(odd)])
+    assert result.exit_code == 0 and "valid" in result.stdout, result.output
+
+
+def test_packaged_and_published_files_are_world_readable(folder: Path, tmp_path: Path):
+    dest = tmp_path / "published"
+    assert runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]).exit_code == 0
+    for root in (folder, dest):
+        for path in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == sorted(
+        p.relative_to(folder) for p in folder.rglob("*")
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. disk full and read-only filesystems, in every stage and in publish --to dir
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    skip = (".checkpoints", "logs", ".distiller.lock")
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] not in skip
+    }
+
+
+def _failing(code: int):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(args[0]) if args else None)
+
+    return fail
+
+
+FAULTS = {errno.ENOSPC: "the disk is full", errno.EROFS: "read-only"}
+
+
+@pytest.mark.parametrize("code", sorted(FAULTS), ids=["ENOSPC", "EROFS"])
+@pytest.mark.parametrize("name", STAGES)
+def test_a_failing_disk_leaves_the_previous_outputs_whole(project: Path, name, code):
+    """Every atomic write fsyncs its file and every output is made in a temporary file or folder: fail those and
+    the stage must stop with one line naming the path, leaving every earlier output byte for byte."""
+    before = _snapshot(project)
+    target = "distiller.files.tempfile.mkstemp" if code == errno.EROFS else "distiller.files.os.fsync"
+    with patch(target, _failing(code)), patch("distiller.files.tempfile.mkdtemp", _failing(code)):
+        refused(stage(name, project), FAULTS[code])
+    assert _snapshot(project) == before
+    assert not list(project.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("code", sorted(FAULTS), ids=["ENOSPC", "EROFS"])
+def test_publish_to_dir_on_a_failing_disk_leaves_nothing(folder: Path, tmp_path: Path, code):
+    dest = tmp_path / "out" / "published"
+    real, fail = shutil.copyfile, _failing(code)
+
+    def copyfile(src, dst, **kwargs):  # the disk of the destination fails, not validation's scratch copy
+        return fail(dst) if Path(tmp_path / "out") in Path(dst).parents else real(src, dst, **kwargs)
+
+    with patch("distiller.folder.shutil.copyfile", copyfile):
+        refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), FAULTS[code])
+    assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. concurrency
+
+
+def test_a_second_run_in_the_same_project_refuses(project: Path):
+    layout = Layout(project)
+    with project_lock(layout.lock):
+        refused(stage("download", project), "another distiller stage is running", str(os.getpid()))
+    assert stage("download", project).exit_code == 0  # released with the first
+
+
+def test_tiny_params_are_valid():
+    assert params_from_dict(TINY)
