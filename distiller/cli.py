@@ -80,6 +80,8 @@ def _stage(
     with session() as reporter:
         p = _load(params, overrides, extra)
         stage = importlib.import_module(f"distiller.stages.{name}")
+        if root.exists() and not root.is_dir():
+            raise DistillerError(f"--root {root}: not a directory (the project folder that holds artifacts/)")
         layout = Layout(root)
         with project_lock(layout.lock):
             result = stage.run(p, layout, reporter, **options)

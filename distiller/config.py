@@ -103,7 +103,10 @@ def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner, where)
     if isinstance(tp, type) and hasattr(tp, "from_config"):
-        return tp.from_config(value, key)
+        try:
+            return tp.from_config(value, key)
+        except DistillerError as e:  # the value type names the key; `where` names the file
+            raise DistillerError(f"{where}: {e}") from None
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, where=where, prefix=key)
     if origin in (tuple, list) and isinstance(value, (list, tuple)):

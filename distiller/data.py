@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from distiller import sources
 from distiller._runtime import generator
+from distiller.errors import DistillerError
 from distiller.params import DataParams
 from distiller.prepared import Prepared, content_hash, transform
 
@@ -44,6 +45,7 @@ def prepare(p: DataParams, root: Path | str = ".") -> Prepared:
         train_x, train_y = images, raw.train_labels
         test_x, test_y = _resize(raw.test_images, p.resolution), raw.test_labels
         test_idx = torch.zeros(0, dtype=torch.int64)
+    _check_split(raw.classes, train_y, test_y, p, ours=raw.test_images is None)
     zca: dict[str, torch.Tensor] = {}
     if p.preprocess == "zca":
         mean, std = torch.zeros(train_x.shape[1]), torch.ones(train_x.shape[1])
@@ -70,6 +72,23 @@ def prepare(p: DataParams, root: Path | str = ".") -> Prepared:
         zca_eps=p.zca_eps if zca else 0.0,
         **tensors,
     )
+
+
+def _check_split(
+    classes: tuple[str, ...], train_y: torch.Tensor, test_y: torch.Tensor, p: DataParams, ours: bool
+) -> None:
+    """Every class has training images (to distill from and train experts on); the test split has images, of every
+    class when the split is ours (stratified), so that a tiny source is refused here rather than later."""
+    checks = [("train", train_y)] + ([("test", test_y)] if ours else [])
+    for split, labels in checks:
+        counts = torch.bincount(labels, minlength=len(classes))
+        empty = [classes[c] for c in range(len(classes)) if counts[c] == 0]
+        if empty:
+            more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+            fix = "add images, or change data.test_fraction" if ours else "add images"
+            raise DistillerError(f"data.source {p.source}: class '{empty[0]}'{more} has no {split} image ({fix})")
+    if len(test_y) == 0:
+        raise DistillerError(f"data.source {p.source}: the test split is empty")
 
 
 def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -60,7 +60,7 @@ class DataParams:
 
     source: str = setting("digits", "digits, mnist, fashion-mnist, cifar10, cifar100, hf:<repo>, imagefolder:<path>")
     root: str = setting("data/raw", "folder of the original archives of torchvision sources (`download --from DIR`)")
-    resolution: int = setting(0, "square side in pixels images are resized to; 0 keeps the native size", ge=0)
+    resolution: int = setting(0, "square side in pixels images are resized to; 0 keeps the native size", ge=0, le=1024)
     image_column: str = setting("", "hf: sources: the image column ('' finds the one Image feature)")
     label_column: str = setting("", "hf: sources: the label column ('' finds the one ClassLabel feature)")
     preprocess: Preprocess = setting("normalize", "normalize: per channel with the train mean and std; zca: MTT's ZCA")
@@ -117,7 +117,7 @@ class DistillParams:
     """What to distill (stage distill)."""
 
     method: Literal["mtt", "ratbptt"] = setting("mtt", "mtt (trajectory matching) or ratbptt (with Boost-DD)")
-    ipc: int = setting(10, "synthetic images per class (the largest budget)", ge=1)
+    ipc: int = setting(10, "synthetic images per class (the largest budget)", ge=1, le=10_000)
     budgets: tuple[int, ...] = setting(
         (1, 2, 5, 10), "nested: the first k per class form the budget-k set; ipc is last"
     )

@@ -3,7 +3,8 @@
 - A Rich progress display on a terminal (quiet when stderr is not one, as in CI logs).
 - `DistillerError` -> its message as one line on stderr, exit code 2. A filesystem error (disk full, read-only
   filesystem, no permission, ...) -> one line naming the path and what to do, exit 2: the stage's writes are atomic
-  (`distiller.files`), so what was there before is still there and nothing half-written is left. Ctrl-C -> exit 130.
+  (`distiller.files`), so what was there before is still there and nothing half-written is left. Running out of
+  memory (host or GPU) -> one line naming the params that set the size, exit 2. Ctrl-C -> exit 130.
 - `project_lock`: one stage command at a time per project folder. A second one refuses at once, naming the first one's
   process id, instead of racing it for the same artifacts.
 """
@@ -21,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from distiller.errors import DistillerError
+from distiller.errors import DistillerError, first_line
 
 err = Console(stderr=True)
 
@@ -33,6 +34,12 @@ WHAT_TO_DO = {
     errno.EPERM: "operation not permitted: make it writable, or run in a folder you own (--root)",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) and rerun",
 }
+
+
+OUT_OF_MEMORY = (
+    "lower what sets the size (distill.ipc, data.resolution, mtt.syn_steps, mtt.batch_syn, ratbptt.window, "
+    "expert.parallel, evaluate.parallel) or use a larger machine; finished outputs and checkpoints were kept"
+)
 
 
 class RichReporter:
@@ -71,6 +78,11 @@ def session() -> Iterator[RichReporter]:
         raise typer.Exit(2) from None
     except OSError as e:
         typer.echo("error: " + " ".join(os_error_line(e).splitlines()), err=True)
+        raise typer.Exit(2) from None
+    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if not isinstance(e, MemoryError) and not any(m in str(e) for m in ("can't allocate memory", "out of memory")):
+            raise
+        typer.echo(f"error: out of memory ({first_line(e)}); {OUT_OF_MEMORY}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; nothing was written for the unfinished stage", err=True)

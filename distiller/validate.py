@@ -28,6 +28,7 @@ from distiller.params import SEMVER
 
 FRONT_MATTER = re.compile(r"\A\s*---\r?\n(.*?)\r?\n---(?:\r?\n|\Z)", re.DOTALL)
 REQUIRED_CARD = ("license", "task_categories", "size_categories", "source_datasets", "tags", "pretty_name")
+_HUB_TYPES = {"pretty_name": "a string", "license": "a string or a list of strings"}
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,7 @@ def validate(folder: Path | str) -> Report:
         staged = Path(tmp) / "folder"  # a copy under a plain name: datasets reads the folder's path as a glob
         copy_declared(folder, files, staged)
         previous: dict[str, torch.Tensor] | None = None
-        for cfg in card.configs:
-            name = cfg["config_name"]
+        for name, _ in sorted(card.contract.budgets.items(), key=lambda kv: kv[1].images_per_class):  # nesting order
             current = _check_config(folder, name, _load(staged, folder, name, tmp), card.contract)
             if previous is not None:
                 n = len(previous["label"])
@@ -106,6 +106,12 @@ def read_card(card_path: Path) -> Card:
     missing = [k for k in REQUIRED_CARD if not data.get(k)]
     if missing:
         raise DistillerError(f"{card_path}: card YAML lacks {', '.join(missing)}")
+    for key in REQUIRED_CARD:  # the Hub's metadata: a string (pretty_name, or a license) or a list of strings
+        value = data[key]
+        if not (isinstance(value, str) and key in ("pretty_name", "license")) and not (
+            isinstance(value, list) and key != "pretty_name" and all(isinstance(v, str) and v for v in value)
+        ):
+            raise DistillerError(f"{card_path}: card YAML {key} must be {_HUB_TYPES.get(key, 'a list of strings')}")
     if not isinstance(data.get("distiller"), dict):
         raise DistillerError(f"{card_path}: card YAML lacks the `distiller:` mapping")
     contract = Contract.from_dict(data["distiller"], where=str(card_path))
@@ -158,7 +164,11 @@ def _sizes(folder: Path, card: Card, claimed: dict[str, list[str]]) -> None:
     config loads: `datasets` compares them with `num_examples`)."""
     infos = card.data.get("dataset_info")
     for info in infos if isinstance(infos, list) else [infos]:
-        if not isinstance(info, dict) or info.get("config_name") not in claimed:
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("config_name"), str)
+            or info["config_name"] not in claimed
+        ):
             raise DistillerError(f"{card.path}: dataset_info must hold one entry per config, got {info!r:.80}")
         name, declared = info["config_name"], info.get("download_size")
         actual = sum((folder / f).stat().st_size for f in claimed[name])

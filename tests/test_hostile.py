@@ -18,7 +18,7 @@ from unittest.mock import patch
 import pytest
 import yaml
 from helpers import STAGES, TINY, make_project, tiny
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -326,6 +326,53 @@ def test_hostile_folders_are_refused_by_validate_and_publish(folder: Path, tmp_p
     assert not dest.exists() and not list(tmp_path.glob(".published.*"))
 
 
+def _leaves(node, path=()):
+    """Every (path, value) of a leaf in nested mappings and lists."""
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _leaves(v, (*path, k))]
+    if isinstance(node, list):
+        return [leaf for i, v in enumerate(node) for leaf in _leaves(v, (*path, i))]
+    return [(path, node)]
+
+
+_hostile_values = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_subnormal=False),
+    st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("DISTILLER_FUZZ", 60)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_any_card_value_replaced_validates_or_fails_with_one_line(folder: Path, data):
+    """Any one value of the card's front matter replaced by anything: `validate` passes or refuses in one line."""
+    card = folder / "README.md"
+    original = card.read_text()
+    try:
+        _, front, body = original.split("---\n", 2)
+        tree = yaml.safe_load(front)
+        path, _ = data.draw(st.sampled_from(_leaves(tree)), label="leaf")
+        node = tree
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = data.draw(_hostile_values, label="value")
+        card.write_text(f"---\n{yaml.safe_dump(tree, sort_keys=False)}---\n{body}")
+        result = runner.invoke(app, ["validate", str(folder)])
+        assert result.exit_code in (0, 2), result.output
+        if result.exit_code == 2:
+            refused(result)
+    finally:
+        card.write_text(original)
+
+
 def test_a_folder_that_is_a_symlink_is_refused(folder: Path, tmp_path: Path):
     link = tmp_path / "link"
     link.symlink_to(folder, target_is_directory=True)
@@ -398,6 +445,30 @@ def test_publish_to_dir_on_a_failing_disk_leaves_nothing(folder: Path, tmp_path:
     with patch("distiller.folder.shutil.copyfile", copyfile):
         refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), FAULTS[code])
     assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+TORCH_OOM = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+    "2559999997440 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+@pytest.mark.parametrize("error", [RuntimeError(TORCH_OOM), MemoryError()], ids=["torch", "python"])
+def test_running_out_of_memory_is_one_line_naming_the_size_params(project: Path, error):
+    before = _snapshot(project)
+
+    def allocate(*args, **kwargs):
+        raise error
+
+    with patch("distiller.mtt.distill", allocate):
+        refused(stage("distill", project), "out of memory", "distill.ipc", "data.resolution")
+    assert _snapshot(project) == before
+
+
+def test_a_root_that_is_a_file_is_one_line(tmp_path: Path, tiny_yaml: Path):
+    (tmp_path / "file").write_text("")
+    result = runner.invoke(app, ["download", "--params", str(tiny_yaml), "--root", str(tmp_path / "file")])
+    refused(result, "--root", "not a directory")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

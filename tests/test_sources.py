@@ -1,7 +1,8 @@
 """Sources, from tiny files in each real on-disk format: MNIST IDX gz, CIFAR python batches, parquet, image folders.
 
 After torchvision's `inject_fake_data`: nothing is downloaded. The fake archives' MD5s are injected into
-`archives.CHECKSUMS` (and, for the CIFAR batches torchvision checks itself, into its class attributes).
+`archives.CHECKSUMS`. Hostile inputs (files beside the archives, pickles that call functions, decompression bombs,
+undecodable images, splits that leave a class empty) are in the second half.
 """
 
 from __future__ import annotations
@@ -138,21 +139,28 @@ def test_truncated_gz_whose_checksum_matches_is_one_line(project: Path, mnist, m
     assert not Layout(project).prepared.exists()
 
 
-def test_missing_archives_offline_say_where_to_put_them(project: Path, mnist, monkeypatch):
-    import torchvision.datasets.mnist as tv_mnist
+def offline(monkeypatch: pytest.MonkeyPatch) -> list:
+    """torchvision's downloader with no network; returns the list of calls it gets."""
+    import torchvision.datasets.utils as tv_utils
 
     calls = []
 
-    def offline(*args, **kwargs):
+    def fail(*args, **kwargs):
         calls.append(args)
         raise URLError("no network")
 
-    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tv_utils, "download_url", fail)
+    return calls
+
+
+def test_missing_archives_offline_say_where_to_put_them(project: Path, mnist, monkeypatch):
+    calls = offline(monkeypatch)
     message = assert_one_line_error(download(project, "--source", "mnist"), "download failed", "--from DIR")
     assert str(project / "data" / "raw" / "MNIST" / "raw") in message and calls
     # a bad archive already in data.root is reported before torchvision could download over it
     calls.clear()
     raw = project / "data" / "raw" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"not the archive")
     assert_one_line_error(download(project, "--source", "mnist"), "train-labels-idx1-ubyte.gz", "MD5")
     assert not calls and not Layout(project).prepared.exists()
@@ -166,8 +174,11 @@ def test_from_refuses_other_sources_and_missing_files(project: Path, mnist):
     assert not (project / "data").exists()
 
 
-def cifar10_archive(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, list[int], list[str]]:
-    """cifar-10-python.tar.gz with the real layout: 5 training batches of 2 images, a test batch of 4, batches.meta."""
+def cifar10_archive(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, replace: dict[str, bytes] | None = None
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """cifar-10-python.tar.gz with the real layout: 5 training batches of 2 images, a test batch of 4, batches.meta
+    (members named in `replace` get those bytes instead)."""
     from torchvision.datasets import CIFAR10
 
     rng = np.random.default_rng(1)
@@ -181,13 +192,12 @@ def cifar10_archive(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[np.n
         entry = {"batch_label": name, "data": images[rows], "labels": labels[rows], "filenames": ["x.png"]}
         (build / name).write_bytes(pickle.dumps(entry, protocol=2))
     (build / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2))
+    for name, content in (replace or {}).items():
+        (build / name).write_bytes(content)
     archive = folder / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(build, arcname="cifar-10-batches-py")
-    md5 = {name: archives.md5(build / name) for name in [*batches, "batches.meta"]}
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{b}", md5[f"data_batch_{b}"]] for b in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    assert [b for b, _ in CIFAR10.train_list + CIFAR10.test_list] == list(batches)  # the real archive's members
     monkeypatch.setitem(archives.CHECKSUMS, "cifar10", {"cifar-10-python.tar.gz": archives.md5(archive)})
     return images, labels, names
 
@@ -290,3 +300,124 @@ def test_imagefolder_through_the_cli(project: Path):
 def test_unknown_source_suggests_a_name():
     with pytest.raises(DistillerError, match=r"did you mean 'mnist'.*hf:<repo_id>"):
         prepare(DataParams(source="mnsit"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# hostile sources: only verified archives are read, every bad file is one line naming it
+
+
+def test_files_beside_the_archives_are_never_read(project: Path, mnist, monkeypatch):
+    """torchvision's classes would read extracted IDX files and cached `processed/*.pt` tensors (with torch.load)
+    placed beside the archives; no checksum covers those, so they are never read."""
+    src, arrays = mnist
+    raw = project / "data" / "raw" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        write_idx_gz(raw / "x.gz", np.full_like(arrays[name], 7))
+        with gzip.open(raw / "x.gz") as f:
+            (raw / name).write_bytes(f.read())  # extracted, every label 7
+    (raw.parent / "processed").mkdir()
+    for name in ("training.pt", "test.pt"):
+        (raw.parent / "processed" / name).write_bytes(b"not even a tensor file")
+    calls = offline(monkeypatch)
+    assert_one_line_error(download(project, "--source", "mnist"), "download failed")  # no archive, no data
+    assert calls and not Layout(project).prepared.exists()
+    assert download(project, "--source", "mnist", "--from", str(src)).exit_code == 0
+    data = load_prepared(Layout(project).prepared)
+    assert data.train_labels.tolist() == arrays[MNIST_FILES[1]].tolist()  # from the archives, not the 7s
+
+
+class _Calls:
+    """A pickled object that, when unpickled by an unrestricted loader, runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_pickle_that_calls_a_function_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Even from an archive whose checksum matches (here: forged), a pickle is read as arrays and plain data only."""
+    marker = tmp_path / "ran"
+    evil = pickle.dumps({"data": _Calls(marker), "labels": [0, 1]}, protocol=2)
+    cifar10_archive(tmp_path / "download", monkeypatch, replace={"data_batch_1": evil})
+    root = tmp_path / "raw"
+    archives.import_archives("cifar10", tmp_path / "download", root)
+    with pytest.raises(DistillerError, match=r"cifar-10-python.tar.gz: cannot read .*data_batch_1 \(refused"):
+        prepare(DataParams(source="cifar10", root=str(root)))
+    assert not marker.exists()
+
+
+def test_a_cifar_batch_of_the_wrong_shape_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    wrong = pickle.dumps({"data": np.zeros((2, 10), dtype=np.uint8), "labels": [0, 1]}, protocol=2)
+    cifar10_archive(tmp_path / "download", monkeypatch, replace={"data_batch_2": wrong})
+    archives.import_archives("cifar10", tmp_path / "download", tmp_path / "raw")
+    with pytest.raises(DistillerError, match=r"data_batch_2: `data` is not an \(N, 3072\) array"):
+        prepare(DataParams(source="cifar10", root=str(tmp_path / "raw")))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims `width` x `height` pixels: a few bytes that would decode to gigabytes."""
+    import zlib
+
+    buf = io.BytesIO()
+    grey(0, (1, 1)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    png[16:24] = struct.pack(">II", width, height)  # IHDR data starts after the signature, length and type
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # the IHDR chunk's CRC over type and data
+    return bytes(png)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (png_bomb(100_000, 100_000), "claims more than 50000000 pixels, not decoded"),
+        (png_bomb(10_000, 10_000), "claims more than 50000000 pixels, not decoded"),  # below PIL's own error
+        (b"not an image at all", "not a readable image"),
+        (None, "not a readable image"),  # a PNG cut short
+    ],
+    ids=["bomb", "bomb below PIL's error", "garbage", "truncated"],
+)
+def test_hostile_images_in_an_imagefolder_are_one_line(project: Path, monkeypatch, content, fragment):
+    from distiller.sources import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 50_000_000)
+    folder = project / "pics"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            grey(40 * i).save(folder / name / f"{i}.png")
+    bad = folder / "b" / "2.png"
+    bad.write_bytes(content if content is not None else bad.read_bytes()[:-30])
+    assert_one_line_error(download(project, "--source", "imagefolder:pics"), str(bad), fragment)
+    assert not Layout(project).prepared.exists()
+
+
+def test_an_undecodable_image_in_an_hf_source_names_its_row(tmp_path: Path):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    good = io.BytesIO()
+    grey(9).save(good, format="PNG")
+    rows = {"image": [{"bytes": good.getvalue(), "path": None}, {"bytes": b"junk", "path": None}], "label": [0, 1]}
+    feats = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
+    (tmp_path / "hf").mkdir()
+    Dataset.from_dict(rows, features=feats).to_parquet(str(tmp_path / "hf" / "train.parquet"))
+    with pytest.raises(DistillerError, match=r"hf:hf: train row 1: not a readable image"):
+        prepare(DataParams(source="hf:hf"), root=tmp_path)
+
+
+def test_a_split_that_leaves_a_class_without_test_images_is_refused_at_download(project: Path):
+    folder = project / "pics"
+    for name, n in (("many", 8), ("lonely", 1)):
+        (folder / name).mkdir(parents=True)
+        for i in range(n):
+            grey(10 * i).save(folder / name / f"{i}.png")
+    result = download(project, "--source", "imagefolder:pics")
+    assert_one_line_error(result, "class 'lonely' has no test image", "data.test_fraction")  # round(0.25 * 1) = 0
+    assert not Layout(project).prepared.exists()
+    result = download(project, "--source", "imagefolder:pics", "-S", "data.test_fraction=0.9")
+    assert_one_line_error(result, "has no train image")

@@ -1,17 +1,15 @@
-"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100: torchvision's dataset classes over the original archives.
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 from their original archives, checked against torchvision's MD5s.
 
-Every archive is checked against torchvision's MD5 before it is used, so a wrong or truncated file is an error naming
-it, never a silent re-download; online, missing archives are downloaded (and verified) by torchvision; offline they
-are placed by hand in `data.root` or copied in with `distiller download --from DIR` (`import_archives`).
+Every archive is checked before it is used, so a wrong or truncated file is an error naming it, never a silent
+re-download; online, missing archives are downloaded (and verified) by torchvision's downloader; offline they are
+placed by hand in `data.root` or copied in with `distiller download --from DIR` (`import_archives`). The images are
+then read from those verified archives alone (`distiller.sources.readers`): torchvision's dataset classes would also
+read extracted files or cached tensors placed beside them, which no checksum covers.
 """
 
 from __future__ import annotations
 
-import gzip
-import pickle
 import shutil
-import tarfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from distiller.errors import DistillerError
 from distiller.files import atomic_path, file_digest
 from distiller.params import DataParams
 from distiller.sources.raw import RawDataset, reason, unit
+from distiller.sources.readers import read_cifar, read_idx
 
 
 def data_root(p: DataParams, root: Path | str = ".") -> Path:
@@ -99,50 +98,63 @@ def import_archives(source: str, src: Path, root: Path) -> list[Path]:
     return [dest / name for name in expected]
 
 
-def _extract(archive: Path, dest: Path) -> None:
-    """Unpack a verified archive where torchvision reads it: one IDX file per .gz, or the CIFAR batches folder."""
-    try:
-        if archive.name.endswith(".tar.gz"):
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(dest, filter="data")
+def _download(source: str, folder: Path, missing: list[str]) -> None:
+    """Online: torchvision's downloader fetches each missing archive (trying every mirror); each is verified after."""
+    import torchvision.datasets.utils as tv_utils
+
+    cls, expected = _tv_class(source), checksums(source)
+    for name in missing:
+        urls = [f"{mirror}{name}" for mirror in cls.mirrors] if hasattr(cls, "mirrors") else [cls.url]
+        error: Exception | None = None
+        for url in urls:
+            try:
+                tv_utils.download_url(url, str(folder), filename=name, md5=expected[name])
+                break
+            except Exception as e:  # URLError, HTTPError, RuntimeError (bad checksum), OSError, ...
+                error = e
         else:
-            with gzip.open(archive, "rb") as src, atomic_path(dest / archive.name.removesuffix(".gz")) as tmp:
-                tmp.write_bytes(src.read())
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
-        raise DistillerError(f"{archive}: cannot unpack ({reason(e)}); replace it with the original archive") from None
+            why = reason(error) if error is not None else "no mirror"
+            raise DistillerError(
+                f"{source}: {', '.join(missing)} not in {folder} and the download failed ({why}); "
+                f"place the original archives there or run `distiller download --from DIR`"
+            )
+        _check(folder / name, expected[name], source, "delete it and download again")
+
+
+IDX = ("images-idx3-ubyte", "labels-idx1-ubyte")  # MNIST's and Fashion-MNIST's archives: {train,t10k}-<kind>.gz
+
+
+def _read(source: str, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Images (N, H, W[, C]) uint8, labels and class names, from the verified archives alone."""
+    cls = _tv_class(source)
+    if "MNIST" in TORCHVISION[source][0]:  # the four IDX archives, torchvision's class names
+        files = [folder / f"{split}-{kind}.gz" for split in ("train", "t10k") for kind in IDX]
+        arrays = [read_idx(path, 3 if "images" in path.name else 1) for path in files]
+        for images, labels, path in ((arrays[0], arrays[1], files[1]), (arrays[2], arrays[3], files[3])):
+            if len(images) != len(labels) or (len(labels) and labels.max() >= len(cls.classes)):
+                raise DistillerError(f"{path}: not {len(images)} labels below {len(cls.classes)}")
+        return arrays[0], arrays[1].astype(np.int64), arrays[2], arrays[3].astype(np.int64), tuple(cls.classes)
+    (archive,) = checksums(source)
+    batches = ([m for m, _ in cls.train_list], [m for m, _ in cls.test_list])
+    return read_cifar(folder / archive, cls.base_folder, *batches, cls.meta["filename"], cls.meta["key"])
 
 
 def _torchvision(source: str, p: DataParams, project_root: Path) -> RawDataset:
-    root = data_root(p, project_root)
-    folder = archive_dir(source, root)
+    folder = archive_dir(source, data_root(p, project_root))
     expected = checksums(source)
     present = [name for name in expected if (folder / name).is_file()]
-    for name in present:  # before torchvision sees them: it would silently download over a bad file
+    for name in present:  # a bad file is named, never downloaded over
         _check(folder / name, expected[name], source, "replace it with the original archive, or delete it to download")
-    cls = _tv_class(source)
-    if len(present) == len(expected):
-        for name in present:
-            _extract(folder / name, folder)
-    else:
-        missing = [name for name in expected if name not in present]
-        try:  # torchvision downloads the missing archives, checks its MD5s and unpacks them
-            cls(str(root), train=True, download=True)
-        except Exception as e:  # URLError, HTTPError, RuntimeError (bad checksum), OSError, ...
-            why = reason(e, last=True)  # torchvision lists each mirror it tried; the last error is the cause
-            raise DistillerError(
-                f"{source}: {', '.join(missing)} not in {folder} and the download failed ({why}); place the "
-                f"original archives there or run `distiller download --from DIR`"
-            ) from None
-    try:  # CIFAR batches are pickles: read only from an archive whose MD5 matched (ours above, or torchvision's)
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except (RuntimeError, AssertionError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        raise DistillerError(f"{folder}: torchvision cannot read {source} ({reason(e)})") from None
+    if len(present) < len(expected):
+        _download(source, folder, [name for name in expected if name not in present])
+    # read from the archives just verified, never from files beside them (extracted copies, torchvision's caches)
+    train_x, train_y, test_x, test_y, classes = _read(source, folder)
     return RawDataset(
-        train_images=unit(torch.as_tensor(np.asarray(train.data))),
-        train_labels=torch.as_tensor(np.asarray(train.targets), dtype=torch.int64),
-        test_images=unit(torch.as_tensor(np.asarray(test.data))),
-        test_labels=torch.as_tensor(np.asarray(test.targets), dtype=torch.int64),
-        classes=tuple(str(c) for c in train.classes),
+        train_images=unit(torch.from_numpy(np.ascontiguousarray(train_x))),
+        train_labels=torch.from_numpy(train_y),
+        test_images=unit(torch.from_numpy(np.ascontiguousarray(test_x))),
+        test_labels=torch.from_numpy(test_y),
+        classes=classes,
         pixel_scale="value / 255",
         license=TORCHVISION[source][1],
     )

@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,28 @@ from distiller.params import DataParams
 from distiller.sources.raw import RawDataset, reason, unit
 
 GREY_MODES = frozenset({"1", "L", "LA"})
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb threshold (about 89 megapixels)
+
+
+def decode(image: Path | bytes, where: str) -> Image.Image:
+    """One image decoded whole, or one line naming it: unreadable, truncated, or larger than `MAX_PIXELS` (a
+    decompression bomb: a few kilobytes that claim billions of pixels). The size is checked from the header, before
+    anything is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our own limit
+            im = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{width}x{height}")
+            im.load()
+    except Image.DecompressionBombError:  # ours above, or PIL's own when the header claims twice its limit
+        raise DistillerError(
+            f"{where}: claims more than {MAX_PIXELS} pixels, not decoded (a decompression bomb? resize it first)"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, struct.error) as e:
+        raise DistillerError(f"{where}: not a readable image ({type(e).__name__}: {reason(e)})") from None
+    return im
 
 
 def _mode(images: Sequence[Image.Image]) -> str:
@@ -79,8 +104,8 @@ def load_hf(spec: str, p: DataParams, root: Path) -> RawDataset:
     missing = [c for c in (image_col, label_col) if test is not None and c not in test.features]
     if missing:
         raise DistillerError(f"{where}: the test split lacks column(s) {', '.join(missing)}")
-    train_pil = list(train[image_col])
-    test_pil = list(test[image_col]) if test is not None else []
+    train_pil = _decoded(train, image_col, f"{where}: train")
+    test_pil = _decoded(test, image_col, f"{where}: test") if test is not None else []
     mode = _mode(train_pil + test_pil)
     train_x = _stack(train_pil, mode, p.resolution, where)
     test_x = _stack(test_pil, mode, p.resolution, where) if test is not None else None
@@ -98,6 +123,24 @@ def load_hf(spec: str, p: DataParams, root: Path) -> RawDataset:
         pixel_scale="value / 255",
         license=train.info.license or "unknown",
     )
+
+
+def _decoded(split: Any, column: str, where: str) -> list[Image.Image]:
+    """The split's images, each decoded by `decode` (not by `datasets`, so that every file is checked alike)."""
+    import datasets
+
+    rows = split.cast_column(column, datasets.Image(decode=False))[column]  # {"bytes": ..., "path": ...} per row
+    images = []
+    for i, row in enumerate(rows):
+        data, path = (row.get("bytes"), row.get("path")) if isinstance(row, dict) else (None, None)
+        named = f"{where} row {i}" + (f" ({path})" if path else "")
+        if isinstance(data, bytes):
+            images.append(decode(data, named))
+        elif isinstance(path, str) and path:
+            images.append(decode(Path(path), named))
+        else:
+            raise DistillerError(f"{named}: no image")
+    return images
 
 
 def _column(features: Any, named: str, kind: type, what: str, where: str) -> str:
@@ -157,14 +200,8 @@ def load_imagefolder(spec: str, p: DataParams, root: Path) -> RawDataset:
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
         if not files:
             raise DistillerError(f"{where}: class folder {d} holds no PNG or JPEG images")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    images.append(im)
-            except (OSError, UnidentifiedImageError) as e:
-                raise DistillerError(f"{f}: not a readable image ({type(e).__name__})") from None
-            labels.append(c)
+        images += [decode(f, str(f)) for f in files]
+        labels += [c] * len(files)
     return RawDataset(
         train_images=_stack(images, _mode(images), p.resolution, where),
         train_labels=torch.tensor(labels, dtype=torch.int64),
