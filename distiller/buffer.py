@@ -40,10 +40,10 @@ def trajectory_tensors(trajectory: Trajectory) -> dict[str, torch.Tensor]:
 IDENTITY = ("dataset_hash", "architecture", "lr", "epochs", "seed")  # what each trajectory shares with its manifest
 
 
-def save_trajectory(trajectory: Trajectory, path: Path, info: dict[str, object]) -> None:
-    """One expert's trajectory, sealed, with the identity of its buffer (`manifest`)."""
+def save_trajectory(trajectory: Trajectory, path: Path, info: dict[str, object]) -> str:
+    """One expert's trajectory, sealed, with the identity of its buffer (`manifest`); returns its seal."""
     meta = {k: info[k] for k in IDENTITY}
-    save_safetensors(path, trajectory_tensors(trajectory), TRAJECTORY_FORMAT, FORMAT_VERSION, meta)
+    return save_safetensors(path, trajectory_tensors(trajectory), TRAJECTORY_FORMAT, FORMAT_VERSION, meta)
 
 
 _KEY = re.compile(r"^epoch(\d{3})/(.+)$")
@@ -61,15 +61,21 @@ def trajectory_from_tensors(tensors: dict[str, torch.Tensor], path: Path | str =
     return [epochs[e] for e in range(len(epochs))]
 
 
-def load_trajectory(path: Path, info: dict[str, object] | None = None) -> Trajectory:
-    """A trajectory, verified; with `info` (a manifest), refused unless it was trained for that very buffer."""
+def load_trajectory(path: Path, info: dict[str, object] | None = None, seal: str | None = None) -> Trajectory:
+    """A trajectory, verified; with `info` (a manifest), refused unless it was trained for that very buffer, and with
+    `seal` (the manifest's record of it) unless it is that very file."""
     tensors, meta = load_safetensors(
         path, TRAJECTORY_FORMAT, FORMAT_VERSION, "expert trajectory", "re-run expert-buffer"
     )
+    if seal is not None and meta["seal"] != seal:
+        raise DistillerError(f"{path}: not the expert the manifest lists under this name (swapped or copied)")
     if info is not None and any(meta.get(k) != info.get(k) for k in IDENTITY):
         raise DistillerError(
             f"{path}: this expert was trained for another buffer (other data, network or lr); re-run expert-buffer"
         )
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise DistillerError(f"{path}: {bad} holds NaN or infinite values (a diverged expert); re-run expert-buffer")
     return trajectory_from_tensors(tensors, path)
 
 
@@ -93,9 +99,13 @@ def manifest(
     }
 
 
-def write_manifest(directory: Path, info: dict[str, object], accuracies: list[float]) -> None:
-    files = [f"expert_{i:03d}.safetensors" for i in range(len(accuracies))]
-    write_sealed_json(directory / MANIFEST, {**info, "files": files, "test_accuracy": accuracies})
+def expert_file(i: int) -> str:
+    return f"expert_{i:03d}.safetensors"
+
+
+def write_manifest(directory: Path, info: dict[str, object], accuracies: list[float], seals: list[str]) -> None:
+    files = [expert_file(i) for i in range(len(accuracies))]
+    write_sealed_json(directory / MANIFEST, {**info, "files": files, "seals": seals, "test_accuracy": accuracies})
 
 
 def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epochs: int) -> ExpertBuffer:
@@ -111,10 +121,20 @@ def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epoch
     arch = models.describe(model_p, data.image_shape, data.num_classes)
     if info.get("architecture") != arch:
         raise DistillerError(f"{path}: experts have another architecture than model params; re-run expert-buffer")
-    if int(info.get("epochs", 0)) < min_epochs:
-        raise DistillerError(f"{path}: experts have {info.get('epochs')} epochs, distillation needs {min_epochs}")
-    if not info.get("files"):
+    epochs, files, seals = info.get("epochs"), info.get("files"), info.get("seals")
+    if not isinstance(epochs, int) or not isinstance(files, list) or not isinstance(seals, list):
+        raise DistillerError(f"{path}: not a distiller expert manifest (epochs, files or seals of the wrong type)")
+    if epochs < min_epochs:
+        raise DistillerError(f"{path}: experts have {epochs} epochs, distillation needs {min_epochs}")
+    if not files:
         why = info.get("skipped", "it holds no trajectories")
         raise DistillerError(f"{path}: the expert buffer is empty ({why}); MTT needs experts: re-run expert-buffer")
-    trajectories = [load_trajectory(directory / f, info) for f in info["files"]]
+    if files != [expert_file(i) for i in range(len(files))] or len(seals) != len(files):
+        raise DistillerError(f"{path}: its list of expert files is not distiller's; re-run expert-buffer")
+    template = models.build_model(model_p, data.image_shape, data.num_classes, torch.Generator().manual_seed(0))
+    shapes = {k: v.shape for k, v in template.named_parameters()}
+    trajectories = [load_trajectory(directory / f, info, seal) for f, seal in zip(files, seals, strict=True)]
+    for f, trajectory in zip(files, trajectories, strict=True):
+        if len(trajectory) != epochs + 1 or any({k: v.shape for k, v in t.items()} != shapes for t in trajectory):
+            raise DistillerError(f"{directory / f}: its parameters are not those of the network; re-run expert-buffer")
     return ExpertBuffer(trajectories=trajectories, manifest=info)

@@ -7,7 +7,9 @@ text from the contract alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from distiller import __version__, config, models, synthetic
 from distiller.catalog import describe
 from distiller.contract import Budget, Contract, EvalSplit, Labels, Preprocessing, Protocol, Result, Source
-from distiller.errors import DistillerError
+from distiller.errors import DistillerError, first_line
 from distiller.files import read_sealed_json
 from distiller.params import ModelParams, Params, params_from_dict, to_dict
 from distiller.paths import Layout
@@ -51,12 +53,15 @@ class Inputs:
 
 
 def read_inputs(p: Params, layout: Layout) -> Inputs:
-    data = load_prepared(layout.prepared)
-    syn, prov = synthetic.load(layout.synthetic)
+    data = load_prepared(layout.prepared, p.data)
+    syn, prov = synthetic.load(layout.synthetic, data)
     metrics = read_sealed_json(layout.evaluate_metrics, "evaluation metrics", "re-run `distiller evaluate`")
     if prov.get("dataset_hash") != data.content_hash:
         raise DistillerError(f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill")
-    scored = sorted(int(b) for b in metrics.get("budgets", {}))
+    if metrics.get("synthetic_hash") != synthetic.content_hash(syn):
+        raise DistillerError(f"{layout.evaluate_metrics} describes another set than {layout.synthetic}; rerun evaluate")
+    with _metrics_errors(layout):
+        scored = sorted(int(b) for b in metrics.get("budgets", {}))
     if metrics.get("ipc") != syn.ipc or not scored or scored[-1] != syn.ipc or set(scored) - set(syn.budgets or ()):
         raise DistillerError(
             f"{layout.evaluate_metrics} does not describe {layout.synthetic} (other ipc or budgets); re-run evaluate"
@@ -71,6 +76,24 @@ def read_inputs(p: Params, layout: Layout) -> Inputs:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the contract
+
+
+def checked(p: Params, inp: Inputs, layout: Layout) -> Contract:
+    """`build`, then read back as a card is read (`Contract.from_dict`: every type and range), so the package stage
+    never writes a card its own `validate` would refuse; metrics that do not build one are named."""
+    with _metrics_errors(layout):
+        return Contract.from_dict(build(p, inp, layout).to_dict(), where=str(layout.evaluate_metrics))
+
+
+@contextlib.contextmanager
+def _metrics_errors(layout: Layout) -> Iterator[None]:
+    """Metrics of the wrong shape (sealed, so written or forged on purpose) are one line naming the file."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise DistillerError(
+            f"{layout.evaluate_metrics}: not the metrics distiller writes ({first_line(e)}); re-run evaluate"
+        ) from None
 
 
 def build(p: Params, inp: Inputs, layout: Layout) -> Contract:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from distiller.errors import DistillerError, first_line
 from distiller.files import load_safetensors, save_safetensors
 
 FORMAT = "distiller.checkpoint"
@@ -65,8 +66,14 @@ class Store:
         tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "checkpoint", "delete it to start over")
         if meta.get("fingerprint") != self.key:
             return None  # made for other params or inputs: start over (and overwrite it)
-        state = meta["state"]  # sealed with the tensors: an edited iteration or pixel is refused on load
-        self.resumed[name] = int(state.get("iteration", 0))
+        state = meta.get("state")  # sealed with the tensors: an edited iteration or pixel is refused on load
+        if (
+            not isinstance(state, dict)
+            or not isinstance(state.get("iteration", 0), int)
+            or state.get("iteration", 0) < 0
+        ):
+            raise DistillerError(f"{path}: not a distiller checkpoint (its state); delete it to start over")
+        self.resumed[name] = state.get("iteration", 0)
         return Saved(tensors, state)
 
     def save(self, name: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -109,13 +116,29 @@ class Resumable:
         self.store, self.name = store, name
         self.tensors, self.optimizers, self.generators = tensors, optimizers, generators
 
-    def resume(self) -> dict[str, Any] | None:
-        """Restore everything from a matching checkpoint and return the loop's state, or None to start afresh."""
+    def resume(self, last: int) -> dict[str, Any] | None:
+        """Restore everything from a matching checkpoint of a loop of `last` iterations and return the loop's state,
+        or None to start afresh. A checkpoint that does not fit the loop (shapes, iteration, curves) is refused."""
         saved = self.store.load(self.name) if self.store is not None else None
         if saved is None:
             return None
+        assert self.store is not None
+        try:
+            self._restore(saved, last)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            path = self.store.path(self.name)
+            raise DistillerError(f"{path}: the checkpoint does not fit this run ({first_line(e)}); delete it") from None
+        return saved.state["loop"]
+
+    def _restore(self, saved: Saved, last: int) -> None:
+        iteration, loop = saved.state["iteration"], saved.state["loop"]
+        curves = loop.get("curves", [])
+        if not 0 < iteration < last or any(len(column) != iteration for column in curves):
+            raise ValueError(f"iteration {iteration} of {last}")
         with torch.no_grad():
             for key, t in self.tensors.items():
+                if saved.tensors[key].shape != t.shape or saved.tensors[key].dtype != t.dtype:
+                    raise ValueError(f"{key} is {tuple(saved.tensors[key].shape)}, not {tuple(t.shape)}")
                 t.copy_(saved.tensors[key])
         for key, opt in self.optimizers.items():
             prefix = f"opt/{key}/"
@@ -124,10 +147,12 @@ class Resumable:
                 if k.startswith(prefix):
                     index, slot = k[len(prefix) :].split("/", 1)
                     entries.setdefault(int(index), {})[slot] = v
+            params = [p for group in opt.param_groups for p in group["params"]]
+            if any(v.shape != params[i].shape for i, slots in entries.items() for v in slots.values() if v.ndim):
+                raise ValueError(f"optimiser state of {key} has other shapes")
             opt.load_state_dict({"state": entries, "param_groups": saved.state["param_groups"][key]})
         for key, g in self.generators.items():
             g.set_state(saved.tensors[f"gen/{key}"])
-        return saved.state["loop"]
 
     def due(self, iteration: int, last: int) -> bool:
         return self.store is not None and self.store.due(iteration) and iteration < last

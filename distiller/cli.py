@@ -8,7 +8,9 @@ modules are imported when their command runs, so `--help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +19,7 @@ import typer
 
 from distiller import __version__
 from distiller.errors import DistillerError
+from distiller.launch import LAUNCHED, in_torchrun, launch, rank
 from distiller.paths import Layout
 from distiller.session import project_lock, session
 
@@ -76,16 +79,23 @@ def _stage(
     extra: dict[str, Any] | None = None,
     **options: Any,
 ) -> None:
-    """Run the stage module `distiller.stages.<name>` and print its summary."""
+    """Run the stage module `distiller.stages.<name>` and print its summary; with `expert.nproc` or `evaluate.nproc`
+    above 1 (outside torchrun), as a torchrun job of that many processes (`distiller.launch`)."""
     with session() as reporter:
         p = _load(params, overrides, extra)
         stage = importlib.import_module(f"distiller.stages.{name}")
         if root.exists() and not root.is_dir():
             raise DistillerError(f"--root {root}: not a directory (the project folder that holds artifacts/)")
         layout = Layout(root)
-        with project_lock(layout.lock):
+        locked = rank() == 0 and LAUNCHED not in os.environ  # the launcher, or rank 0 of a plain torchrun, holds it
+        with project_lock(layout.lock) if locked else contextlib.nullcontext():
+            nproc = {"expert_buffer": p.expert.nproc, "evaluate": p.evaluate.nproc}.get(name, 1)
+            if nproc > 1 and not in_torchrun():
+                launch(name.replace("_", "-"), nproc, params, overrides or [], root)
+                return  # rank 0 printed the summary
             result = stage.run(p, layout, reporter, **options)
-    typer.echo(stage.summary(result))
+    if rank() == 0:
+        typer.echo(stage.summary(result))
 
 
 @app.command()
@@ -250,7 +260,23 @@ def publish(
 
 
 def main() -> None:
-    app(prog_name="distiller")
+    """The `distiller` command; a usage error (an unknown option, a value of the wrong type) is one line, exit 2."""
+    try:
+        code = app(prog_name="distiller", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        raise SystemExit(1) from None
+    except Exception as e:  # a ClickException of the click that Typer uses (its own copy in recent versions)
+        if not hasattr(e, "format_message") or not isinstance(getattr(e, "exit_code", None), int):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # `distiller` alone prints the help, as usual
+            e.show()  # type: ignore[attr-defined]
+            raise SystemExit(e.exit_code) from None  # type: ignore[attr-defined]
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        typer.echo("error: " + " ".join(e.format_message().split()) + where, err=True)
+        raise SystemExit(e.exit_code) from None  # type: ignore[attr-defined]
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

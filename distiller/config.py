@@ -120,9 +120,11 @@ def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
     if not _matches(value, tp, origin):
         raise DistillerError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
     if tp is float:
-        if not math.isfinite(value):
-            raise DistillerError(f"{where}: {key} must be a finite number, got {value!r}")
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:  # tensors are float32: 1e39 would overflow there
+            raise DistillerError(f"{where}: {key} must be a finite number (float32's range), got {value!r}")
         return float(value)
+    if tp is int and abs(value) > INT64_MAX:
+        raise DistillerError(f"{where}: {key} must fit in 64 bits, got {value!r}")
     return value
 
 
@@ -144,6 +146,10 @@ _BOUNDS = (
     ("le", "<=", lambda v, b: v <= b),
     ("lt", "<", lambda v, b: v < b),
 )
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MAX = 2**63 - 1
 
 
 def _check_bounds(key: str, value: Any, meta: Mapping[str, Any], where: str) -> None:

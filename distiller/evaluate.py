@@ -12,6 +12,7 @@ Two protocols, chosen by the method that made the set and applied to the set and
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,20 +146,24 @@ def score(
     epochs: int | None = None,
     progress: Reporter = SILENT,
     description: str = "evaluate",
+    networks: Sequence[int] | None = None,
 ) -> EvalResult:
-    """Train `runs` fresh networks on (images, targets) under `proto` and test each one.
+    """Train `runs` fresh networks on (images, targets) under `proto` and test each one (only the networks
+    `networks` of them, when given: a torchrun rank trains its share).
 
     Network i of every set in one run starts from the same initialisation and draws the same minibatch orders and
     augmentations, so sets differ only in their images. `targets` are hard labels or label distributions.
-    `evaluate.parallel` networks train at once (`train_many`); network i's accuracy does not depend on how many."""
+    `evaluate.parallel` networks train at once (`train_many`); network i's accuracy does not depend on how many, nor
+    on which others train beside it."""
+    indices = range(runs) if networks is None else networks
     cfg = proto.config(lr, epochs)
-    advance = progress.task(description, runs * cfg.epochs)
+    advance = progress.task(description, len(indices) * cfg.epochs)
     images, targets = images.to(device), targets.to(device)
     test_images, test_labels = data.test_images.to(device), data.test_labels.to(device)
-    at_once = networks_at_once(p.evaluate.parallel, runs)
+    at_once = networks_at_once(p.evaluate.parallel, len(indices))
     accs = []
-    for first in range(0, runs, at_once):
-        group = range(first, min(first + at_once, runs))
+    for first in range(0, len(indices), at_once):
+        group = indices[first : first + at_once]
         nets = [
             models.build_model(p.model, data.image_shape, data.num_classes, generator(p.seed, "eval-init", i), device)
             for i in group

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ def _umask() -> int:
     return mask
 
 
-_UMASK = _umask()
+UMASK = _umask()  # the process's, read once: outputs get the permissions it gives
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,59 +42,83 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _publishable(path: Path) -> None:
-    """The usual permissions (0644 and 0755 under the common umask 022) for an output and everything in it: mkstemp
-    and mkdtemp create 0600 and 0700, and so do some writers (safetensors); outputs hold no secrets."""
+def _seal_output(path: Path) -> None:
+    """A finished temporary output (a file, or a folder and everything in it) made durable and given the usual
+    permissions (0644 and 0755 under the common umask 022): mkstemp and mkdtemp create 0600 and 0700, and so do some
+    writers (safetensors); outputs hold no secrets."""
     for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~_UMASK)
+        if p.is_symlink():
+            continue
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~UMASK)
+        if p.is_file():
+            with open(p, "rb+") as f:
+                os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _named(tmp: Path, path: Path) -> Iterator[None]:
+    """A failed file operation names the output (`path`, or the file inside it), not the temporary it was writing."""
+    try:
+        yield
+    except OSError as e:
+        name = str(e.filename) if e.filename is not None else ""
+        if not name.startswith(str(tmp)):
+            raise
+        raise OSError(e.errno, e.strerror, str(path) + name[len(str(tmp)) :]) from None
+
+
+def _remove(path: Path) -> None:
+    """Whatever is at `path`: a folder's tree, or a file or symbolic link (never what a link points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _staged(path: Path, directory: bool) -> Iterator[Path]:
+    """A new temporary file (or folder) beside `path`, removed after the block unless it was renamed away."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with _staged(path, directory=False) as tmp, _named(tmp, path):
         yield tmp
-        _publishable(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _seal_output(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `path`; on success it replaces `path` whole."""
+    """Yield an empty temporary directory beside `path`; on success it replaces `path` whole (a file or a symbolic
+    link in the way too, never what a link points to)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of this stage
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with _staged(path, directory=True) as tmp, _named(tmp, path):
         yield tmp
-        _publishable(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb+") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        _seal_output(tmp)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists() or path.is_symlink():
+            _remove(old)
             os.replace(path, old)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
+    _remove(old)
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -101,8 +126,20 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float as None: JSON has no such numbers (json.dumps writes invalid JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path | str, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Valid JSON (a non-finite float is written as null), keys in the order given."""
+    write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def json_seal(obj: Mapping[str, Any]) -> str:
@@ -114,7 +151,8 @@ def json_seal(obj: Mapping[str, Any]) -> str:
 
 def write_sealed_json(path: Path | str, obj: Mapping[str, Any]) -> None:
     """`obj` as JSON with a `seal` (its hash) last, so that a stage reading it back can tell it was not edited."""
-    write_json(path, {**obj, "seal": json_seal(obj)})
+    clean = _finite(obj)
+    write_json(path, {**clean, "seal": json_seal(clean)})
 
 
 def read_sealed_json(path: Path | str, what: str, hint: str) -> dict[str, Any]:
@@ -177,8 +215,8 @@ def _seal(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> str:
 
 def save_safetensors(
     path: Path | str, tensors: dict[str, torch.Tensor], fmt: str, version: str, metadata: dict[str, Any] | None = None
-) -> None:
-    """Write `tensors` with `metadata` (JSON values) under a format name and version, sealed."""
+) -> str:
+    """Write `tensors` with `metadata` (JSON values) under a format name and version, sealed; returns the seal."""
     from safetensors.torch import save_file
 
     plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -186,13 +224,14 @@ def save_safetensors(
     meta["seal"] = _seal(plain, meta)
     with atomic_path(path) as tmp:
         save_file(plain, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+    return str(meta["seal"])
 
 
 def load_safetensors(
     path: Path | str, fmt: str, version: str, what: str, hint: str = ""
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by `save_safetensors`, refusing a missing, unreadable, foreign, edited or corrupted one by
-    name; returns its tensors and metadata."""
+    name; returns its tensors and metadata (its `seal` included)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -215,7 +254,6 @@ def load_safetensors(
         raise DistillerError(
             f"{path}: {what} format version {meta.get('format_version')} is not {version}; regenerate it"
         )
-    seal = meta.pop("seal", None)
-    if seal != _seal(tensors, meta):
+    if meta.get("seal") != _seal(tensors, {k: v for k, v in meta.items() if k != "seal"}):
         raise DistillerError(f"{path}: content hash mismatch ({what} corrupted or edited){f'; {hint}' if hint else ''}")
     return tensors, meta

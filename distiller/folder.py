@@ -18,6 +18,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from distiller.errors import DistillerError
+from distiller.files import UMASK
 
 CARD = "README.md"
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # markdown links and images: [text](target)
@@ -45,15 +46,19 @@ def inventory(folder: Path) -> tuple[str, ...]:
 
 def inside(folder: Path, rel: object, what: str) -> str:
     """`rel`, a path the card names, checked to be relative and to stay inside the folder."""
-    parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
-    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or ".." in parts or ":" in rel:
+    text = rel if isinstance(rel, str) else ""
+    parts = PurePosixPath(text).parts
+    if not parts or text.startswith("/") or "\\" in text or ":" in text or ".." in parts or not text.isprintable():
         raise DistillerError(f"{folder / CARD}: {what} {rel!r} must be a relative path inside the folder")
-    return rel
+    return text
 
 
 def matching(folder: Path, files: tuple[str, ...], pattern: str) -> list[str]:
     """The folder's files a data_files pattern matches (the pattern only: the folder's own name is never a glob)."""
-    found = {p.relative_to(folder).as_posix() for p in folder.glob(pattern)}
+    try:
+        found = {p.relative_to(folder).as_posix() for p in folder.glob(pattern)}
+    except (ValueError, IndexError, NotImplementedError) as e:  # pathlib refuses some patterns ('.', '**x')
+        raise DistillerError(f"{folder / CARD}: data_files pattern {pattern!r} is not a valid glob ({e})") from None
     return [f for f in files if f in found]
 
 
@@ -82,13 +87,11 @@ def refuse_undeclared(folder: Path, files: tuple[str, ...], declared: set[str]) 
 
 def copy_declared(folder: Path, files: tuple[str, ...], dest: Path) -> None:
     """Copy `files` from `folder` into the directory `dest`, world-readable (0644 under the usual umask 022)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
     for rel in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / rel, target)
-        target.chmod(0o666 & ~mask)
+        target.chmod(0o666 & ~UMASK)
 
 
 def hub_patterns(files: tuple[str, ...]) -> list[str]:

@@ -28,6 +28,7 @@ from distiller.files import atomic_dir, save_safetensors
 from distiller.params import Params
 from distiller.paths import Layout
 from distiller.prepared import Prepared, to_pixels
+from distiller.sidecars import check_picture
 from distiller.synthetic import SyntheticSet
 
 
@@ -70,15 +71,22 @@ def build(p: Params, layout: Layout) -> Path:
 
     disable_progress_bars()  # the CLI shows its own progress; parquet writes of a few rows need none
     inp = card.read_inputs(p, layout)
+    contract = card.checked(p, inp, layout)
     folder = layout.package_dir(inp.data.source, inp.syn.ipc)
     with atomic_dir(folder) as out:
         infos = write_configs(out, inp.syn, inp.data, inp.budgets, p.package.preview)
         write_sidecars(out, inp.data)
         (out / "images").mkdir()
-        shutil.copyfile(layout.grid, out / GRID)
-        shutil.copyfile(layout.budgets_png, out / BUDGETS_PNG)
-        (out / "README.md").write_text(readme.render(card.build(p, inp, layout), infos))
+        copy_picture(layout.grid, out / GRID)
+        copy_picture(layout.budgets_png, out / BUDGETS_PNG)
+        (out / "README.md").write_text(readme.render(contract, infos))
     return folder
+
+
+def copy_picture(src: Path, dest: Path) -> None:
+    """A picture of the pipeline's outputs, copied only when it is a regular file holding a readable image."""
+    check_picture(src, "re-run the stage that writes it")
+    shutil.copyfile(src, dest)
 
 
 def write_configs(

@@ -10,48 +10,21 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from distiller import config
-from distiller.config import did_you_mean, setting
+from distiller.config import setting
 from distiller.errors import DistillerError
+from distiller.families import AUG_FAMILIES, Families  # noqa: F401 (part of the schema's API)
 
-AUG_FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 Arch = Literal["convnet", "resnet18", "resnet18_ap", "vgg11", "alexnet"]  # MTT's ConvNet and its evaluation zoo
 Preprocess = Literal["normalize", "zca"]
 Placement = Literal["random", "fixed", "end"]  # of RaT-BPTT's window
 Schedule = Literal["constant", "cosine"]
+Memory = Literal["full", "checkpoint", "tesla"]  # how MTT's meta-gradient is computed
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
-DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-@dataclass(frozen=True)
-class Families:
-    """DSA families applied in turn (or one of them, drawn, in mode single); written `crop_scale_rotate` or `none`."""
-
-    names: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, text: Any, key: str = "augment.strategy") -> Families:
-        """The one rule for every families param: known families joined by '_', each once, or `none`."""
-        if not isinstance(text, str):
-            raise DistillerError(f"params: {key} must be a string of DSA families, got {text!r}")
-        names = () if text == "none" else tuple(text.split("_"))
-        for name in names:
-            if name not in AUG_FAMILIES:
-                raise DistillerError(
-                    f"{key}: unknown family '{name}'{did_you_mean(name, AUG_FAMILIES)}; use "
-                    f"{'_'.join(AUG_FAMILIES)} or a subset joined by '_', or 'none'"
-                )
-        if len(set(names)) < len(names):
-            raise DistillerError(f"{key}: '{text}' names a family twice")
-        return cls(names)
-
-    from_config = parse  # what distiller.config calls
-
-    def to_config(self) -> str:
-        return "_".join(self.names) or "none"
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")  # ASCII digits only: torch parses no others
 
 
 @dataclass(frozen=True)
@@ -105,11 +78,12 @@ class ExpertParams:
 
     num_experts: int = setting(8, "expert trajectories K", ge=1)
     epochs: int = setting(10, "epochs E per expert: records theta*_0 .. theta*_E", ge=1)
-    lr: float = setting(0.05, "plain SGD lr (no momentum, no decay); also the initial student lr alpha", gt=0)
+    lr: float = setting(0.05, "plain SGD lr (no momentum, no decay); also the initial student lr alpha", gt=0, le=10)
     batch_size: int = setting(256, "expert minibatch", ge=1)
     augment: bool = setting(True, "DSA on while training experts")
     checkpoint_every: int = setting(1, "experts between checkpoints (0: none); a rerun after a kill resumes", ge=0)
     parallel: int = setting(0, "experts trained at once (0: all, 1: one at a time); the experts are the same", ge=0)
+    nproc: int = setting(1, "processes sharing the experts (a torchrun job on this machine); the same experts", ge=1)
 
 
 @dataclass(frozen=True)
@@ -134,9 +108,11 @@ class MTTParams:
     expert_epochs: int = setting(2, "M: expert epochs between start and target", ge=1)
     max_start_epoch: int = setting(8, "T+: start epoch t drawn from {0 .. T+ - 1}", ge=1)
     lr_img: float = setting(50.0, "SGD lr on the pixels", gt=0)
-    lr_lr: float = setting(1e-5, "SGD lr on alpha", ge=0)
+    lr_lr: float = setting(1e-5, "SGD lr on alpha", ge=0, le=1)
     momentum: float = setting(0.5, "momentum of both outer SGD optimisers", ge=0, lt=1)
     batch_syn: int = setting(0, "synthetic minibatch per student step; 0 = all of S", ge=0)
+    memory: Memory = setting("full", "meta-gradient: N steps' graph, recomputed segments (exact), or TESLA's (approx.)")
+    segments: int = setting(0, "checkpoint: segments rebuilt one at a time (0: about sqrt(N)); N: one step each", ge=0)
     syn_lr_floor: float = setting(1e-4, "alpha is kept >= this; 0 lets it go negative, as in the reference", ge=0)
 
 
@@ -152,12 +128,12 @@ class RatBPTTParams:
     warmup_steps: int = setting(0, "s when placement is fixed", ge=0)
     redraw_every: int = setting(1, "outer steps between draws of s", ge=1)
     inner_optimizer: Literal["adam", "sgd"] = setting("adam", "differentiated through, moments included")
-    inner_lr: float = setting(1e-2, "eta: fixed inner lr", gt=0)
+    inner_lr: float = setting(1e-2, "eta: fixed inner lr", gt=0, le=10)
     inner_momentum: float = setting(0.9, "momentum when inner_optimizer is sgd", ge=0, lt=1)
     batch_per_class: int = setting(10, "inner minibatch per class (capped at the images per class)", ge=1)
     classes_per_step: int = setting(0, "classes per inner step, 0 = all", ge=0)
     real_batch: int = setting(1024, "B: real images in the meta-loss batch", ge=1)
-    outer_lr: float = setting(1e-2, "Adam lr on the pixels", gt=0)
+    outer_lr: float = setting(1e-2, "Adam lr on the pixels", gt=0, le=10)
     outer_schedule: Schedule = setting("constant", "or cosine: the outer lr decays to 0 in each run (not the paper's)")
     soft_labels: bool = setting(True, "learn labels (one-hot init, kept >= 0)")
     label_lr_scale: float = setting(1.0, "labels use outer_lr / label_lr_scale", gt=0)
@@ -187,9 +163,9 @@ class EvaluateParams:
     epochs: int = setting(1000, "training epochs per network; lr x0.1 at half", ge=1)
     batch_size: int = setting(256, "training minibatch", ge=1)
     momentum: float = setting(0.9, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = setting(5e-4, "SGD weight decay", ge=0)
+    weight_decay: float = setting(5e-4, "SGD weight decay", ge=0, le=1)
     augment: bool = setting(True, "DSA while training (leaving it out under-reports MTT)")
-    real_lr: float = setting(0.01, "lr of the real-image baselines and of sets without a learned lr (RaT-BPTT)", gt=0)
+    real_lr: float = setting(0.01, "lr of real-image baselines and of sets without learned lr (RaT-BPTT)", gt=0, le=10)
     prefixes: bool = setting(False, "MTT: also score and package the first k per class at each budget (not made for k)")
     full_data_runs: int = setting(1, "networks trained on the full training set (0 skips the baseline)", ge=0)
     full_data_epochs: int = setting(100, "their epochs (0: the same as `epochs`)", ge=0)
@@ -197,6 +173,7 @@ class EvaluateParams:
     ratbptt_optimizer: Literal["sgd", "inner"] = setting("sgd", "... by sgd (as above, at real_lr) or inner (its own)")
     test_batch_size: int = setting(1024, "test-time batch (no effect on results)", ge=1)
     parallel: int = setting(0, "networks trained at once (0: all, 1: one at a time); the scores are the same", ge=0)
+    nproc: int = setting(1, "processes sharing the networks (a torchrun job on this machine); the same scores", ge=1)
     archs: tuple[Arch, ...] = setting((), "networks the largest budget is also scored on: resnet18, vgg11, ...")
 
 
@@ -265,6 +242,9 @@ def _check_combinations(p: Params) -> None:
         raise DistillerError(f"package.version must be a semantic version like 1.2.0, got '{p.package.version}'")
     if len(set(p.evaluate.archs)) < len(p.evaluate.archs):
         raise DistillerError(f"evaluate.archs lists an architecture twice: {list(p.evaluate.archs)}")
+    folder = PurePosixPath(f"{p.data.source}-distilled-ipc{p.distill.ipc}")  # datasets/<folder>: Layout.package_dir
+    if ".." in folder.parts or not str(folder).isprintable():
+        raise DistillerError(f"data.source '{p.data.source}' would put the package outside datasets/ ({folder})")
     if not DEVICE.fullmatch(p.device):
         raise DistillerError(f"device: '{p.device}' is not one of auto, cpu, cuda, cuda:N")
 

@@ -16,6 +16,7 @@ import torch
 
 from distiller.errors import DistillerError
 from distiller.files import load_safetensors, save_safetensors, sha256_tensors
+from distiller.params import DataParams
 
 FORMAT = "distiller.prepared"
 FORMAT_VERSION = "2"  # 2: one sealed metadata entry
@@ -118,8 +119,26 @@ def save_prepared(data: Prepared, path: Path | str) -> None:
     save_safetensors(path, {k: getattr(data, k) for k in names}, FORMAT, FORMAT_VERSION, meta)
 
 
-def load_prepared(path: Path | str) -> Prepared:
-    """Load a prepared file, verified (format, version, seal: `files.load_safetensors`)."""
+def load_prepared(path: Path | str, expect: DataParams | None = None) -> Prepared:
+    """Load a prepared file, verified (format, version, seal: `files.load_safetensors`); with `expect`, refused
+    unless it was prepared as those params say (source, preprocessing, resolution)."""
+    data = _load(path)
+    if expect is not None:
+        side = data.image_shape[1] if data.image_shape[1] == data.image_shape[2] else -1
+        if (
+            data.source != expect.source
+            or data.preprocess != expect.preprocess
+            or (expect.resolution and side != expect.resolution)
+            or (data.preprocess == "zca" and data.zca_eps != expect.zca_eps)
+        ):
+            raise DistillerError(
+                f"{path}: prepared from {data.source} ({data.preprocess}, {data.image_shape}), not as data params say "
+                f"({expect.source}, {expect.preprocess}); re-run `distiller download`"
+            )
+    return data
+
+
+def _load(path: Path | str) -> Prepared:
     tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "prepared data", "re-run `distiller download`")
     names = _TENSORS + (_ZCA if any(k in tensors for k in _ZCA) else ())
     missing = [k for k in names if k not in tensors]

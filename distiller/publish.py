@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from distiller.errors import DistillerError, first_line
+from distiller.files import UMASK
 from distiller.folder import copy_declared, hub_patterns
 from distiller.params import SEMVER
 from distiller.validate import validate
@@ -62,6 +63,8 @@ def publish_to_hub(
         token = get_token()
     if not token:
         raise DistillerError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    if len(token) < 8:  # the Hub's tokens are ~37 characters; a short one would match any file by chance below
+        raise DistillerError("the Hugging Face token is too short to be one: set HF_TOKEN or run `hf auth login`")
     leaking = [f for f in sorted(folder.rglob("*")) if f.is_file() and token.encode() in f.read_bytes()]
     if leaking:
         raise DistillerError(f"{leaking[0]}: contains the Hugging Face token; remove it before publishing")
@@ -121,25 +124,22 @@ def _hub_error(e: Exception, repo_id: str, tag: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def publish_to_dir(folder: Path | str, dest: Path | str) -> Path:
     """Validate, then copy the folder's files (all declared by its card) to `dest` (which must not exist or be
     empty), world-readable, atomically."""
     folder, dest = Path(folder), Path(dest)
     report = validate(folder)
-    if dest.resolve() == folder.resolve() or folder.resolve() in dest.resolve().parents:
+    if dest.is_symlink():  # a link (dangling, or a loop) would send the copy elsewhere
+        raise DistillerError(f"{dest}: the destination is a symbolic link; give a real path")
+    real, source = Path(os.path.realpath(dest)), Path(os.path.realpath(folder))
+    if real == source or source in real.parents:
         raise DistillerError(f"{dest}: the destination is inside the dataset folder")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DistillerError(f"{dest}: destination exists and is not an empty directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the copy private
+        tmp.chmod(0o777 & ~UMASK)  # mkdtemp's 0700 would make the copy private
         copy_declared(folder, report.files, tmp)
         if dest.exists():
             dest.rmdir()

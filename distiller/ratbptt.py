@@ -162,7 +162,7 @@ def distill(
     clip = MetaGradientClip(p, ctx.guard.explode_factor)
     learned = {"images": syn.images, **({"targets": syn.targets} if p.soft_labels else {})}
     state, warmup = ctx.resumable(key, learned, outer.optimizers, gens), 0
-    if (saved := state.resume()) is not None:  # the rest of the run is what it would have been
+    if (saved := state.resume(iterations)) is not None:  # the rest of the run is what it would have been
         curves, guard.bad = Curves(CURVES, saved["curves"]), saved["bad"]
         clip.shadow, warmup = saved["shadow"], saved["warmup"]
     what = f"RaT-BPTT ipc {ipc}" + (f" (boost from {boosting.start.ipc})" if boosting else "")
@@ -186,6 +186,7 @@ def distill(
         advance(1)
         if state.due(it, iterations):
             state.save(it, bad=guard.bad, shadow=clip.shadow, warmup=warmup, curves=curves.columns)
+    guard.finish(curves["skipped"])
     soft = syn.targets.detach().clone() if p.soft_labels else None
     return SyntheticSet(syn.images.detach().clone(), hard.clone(), None, ipc, soft), curves
 

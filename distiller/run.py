@@ -78,12 +78,19 @@ class Guard:
     """Bad steps in a row: `max_bad_steps` of them stop `what` with the problem of the last one."""
 
     def __init__(self, p: GuardParams, what: str) -> None:
-        self.p, self.what, self.bad = p, what, 0
+        self.p, self.what, self.bad, self.problem = p, what, 0, ""
 
     def check(self, problem: str | None, where: str) -> None:
         self.bad = self.bad + 1 if problem else 0
+        self.problem = problem or self.problem
         if self.bad >= self.p.max_bad_steps:
             raise DistillerError(f"{self.what} stopped at {where}: {self.bad} bad steps in a row; {problem}")
+
+    def finish(self, skipped: list[int]) -> None:
+        """A run none of whose steps counted (a run shorter than max_bad_steps) learned nothing: an error too."""
+        if skipped and all(skipped):
+            why = self.problem or "every step was bad (see curves.csv)"
+            raise DistillerError(f"{self.what}: all {len(skipped)} steps were skipped or rolled back; {why}")
 
 
 def finite(*tensors: torch.Tensor | None) -> bool:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from distiller import models
 from distiller._runtime import SILENT, Reporter, generator
+from distiller.distributed import SINGLE, World, sum_to_all
 from distiller.evaluate import EvalResult, Protocol, protocol, protocol_for, score
 from distiller.files import sha256_tensors
 from distiller.params import Params
@@ -27,36 +30,78 @@ from distiller.synthetic import SyntheticSet, real_subset
 CURVE_ORDER = ("distilled", "boosted", "direct", "naive_subset", "random_real")
 
 
-class Scorer:
-    """Trains and tests networks on sets under one protocol, each distinct set once, timing each by name."""
+@dataclass(frozen=True)
+class Job:
+    """The networks to train on one distinct set."""
 
-    def __init__(self, data: Prepared, p: Params, proto: Protocol, device: torch.device, progress: Reporter) -> None:
-        self.data, self.p, self.proto, self.device, self.progress = data, p, proto, device, progress
+    name: str
+    set: SyntheticSet
+    epochs: int | None
+    runs: int
+    q: Params
+
+
+class Scorer:
+    """Trains and tests networks on sets under one protocol, each distinct set once, timing each by name.
+
+    In a torchrun job (`w.size` > 1) it first only plans: every call lists its set and returns a placeholder; then
+    `run_planned` trains this rank's share of all the planned networks and shares every accuracy with every rank, and
+    the calls of a second pass return the results."""
+
+    def __init__(
+        self, data: Prepared, p: Params, proto: Protocol, device: torch.device, progress: Reporter, w: World = SINGLE
+    ) -> None:
+        self.data, self.p, self.proto, self.device, self.progress, self.w = data, p, proto, device, progress, w
         self.seconds: dict[str, float] = {}
         self._done: dict[str, EvalResult] = {}  # content hash, epochs, runs, arch -> result
+        self.planning, self.planned = w.size > 1, dict[str, Job]()
 
     def __call__(
         self, name: str, s: SyntheticSet, epochs: int | None = None, runs: int | None = None, q: Params | None = None
     ) -> EvalResult:
-        q = q or self.p
-        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}/{q.model.arch}"
+        job = Job(name, s, epochs, runs or self.p.evaluate.num_eval, q or self.p)
+        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}/{job.q.model.arch}"
         if key not in self._done:
-            t0 = time.perf_counter()
-            self._done[key] = score(
-                s.images,
-                s.targets,
-                self.data,
-                q,
-                self.proto,
-                lr=self.proto.lr(s.lr),
-                runs=runs or self.p.evaluate.num_eval,
-                device=self.device,
-                epochs=epochs,
-                progress=self.progress,
-                description=f"evaluate {name}",
-            )
-            self.seconds[name] = round(time.perf_counter() - t0, 2)
+            if self.planning:
+                self.planned.setdefault(key, job)
+                return EvalResult((0.0,) * job.runs)
+            self._done[key] = EvalResult(tuple(self._train(job, range(job.runs))))
         return self._done[key]
+
+    def _train(self, job: Job, indices: Sequence[int]) -> tuple[float, ...]:
+        t0 = time.perf_counter()
+        s = job.set
+        accs = score(
+            s.images,
+            s.targets,
+            self.data,
+            job.q,
+            self.proto,
+            lr=self.proto.lr(s.lr),
+            runs=job.runs,
+            device=self.device,
+            epochs=job.epochs,
+            progress=self.progress,
+            description=f"evaluate {job.name}",
+            networks=indices,
+        ).runs
+        self.seconds[job.name] = round(self.seconds.get(job.name, 0.0) + time.perf_counter() - t0, 2)
+        return accs
+
+    def run_planned(self) -> None:
+        """Train this rank's share of the planned networks (every size-th (set, network) pair), then give every rank
+        all the accuracies."""
+        units = [(key, i) for key, job in self.planned.items() for i in range(job.runs)]
+        mine = self.w.share(range(len(units)))
+        values = torch.zeros(len(units), dtype=torch.float64)
+        for key, job in self.planned.items():
+            share = [u for u in mine if units[u][0] == key]
+            if share:
+                values[share] = torch.tensor(self._train(job, [units[u][1] for u in share]), dtype=torch.float64)
+        accs = sum_to_all(self.w, values).tolist()
+        for key in self.planned:
+            self._done[key] = EvalResult(tuple(v for (k, _), v in zip(units, accs, strict=True) if k == key))
+        self.planning = False
 
 
 def scorecard(
@@ -67,16 +112,37 @@ def scorecard(
     p: Params,
     device: torch.device,
     progress: Reporter = SILENT,
+    w: World = SINGLE,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """The metrics of `syn` (made by `method`, with the directly distilled references `direct` by budget), and the
-    seconds each distinct set took."""
+    seconds each distinct set took (on this rank, in a torchrun job: every rank returns the same metrics)."""
     proto = protocol_for(p, method)
-    boosted = method == "ratbptt" and len(syn.budgets) > 1
-    budgets = (syn.budgets or (syn.ipc,)) if boosted or p.evaluate.prefixes else (syn.ipc,)
-    archs = {a: dataclasses.replace(p, model=dataclasses.replace(p.model, arch=a)) for a in p.evaluate.archs}
+    archs: dict[str, Params] = {
+        a: dataclasses.replace(p, model=dataclasses.replace(p.model, arch=a)) for a in p.evaluate.archs
+    }
     for q in archs.values():  # refuse an input size an architecture cannot take before training anything
         models.describe(q.model, data.image_shape, data.num_classes)
-    scored = Scorer(data, p, proto, device, progress)
+    scored = Scorer(data, p, proto, device, progress, w)
+    if scored.planning:  # a torchrun job: list every set, train this rank's share, share the results
+        _metrics(syn, method, direct, data, p, proto, archs, scored)
+        scored.run_planned()
+    metrics = _metrics(syn, method, direct, data, p, proto, archs, scored)
+    scored.seconds["total"] = round(sum(scored.seconds.values()), 2)
+    return metrics, scored.seconds
+
+
+def _metrics(
+    syn: SyntheticSet,
+    method: str,
+    direct: dict[int, SyntheticSet],
+    data: Prepared,
+    p: Params,
+    proto: Protocol,
+    archs: dict[str, Params],
+    scored: Scorer,
+) -> dict[str, Any]:
+    boosted = method == "ratbptt" and len(syn.budgets) > 1
+    budgets = (syn.budgets or (syn.ipc,)) if boosted or p.evaluate.prefixes else (syn.ipc,)
     # random real subsets are nested too: the first k per class of one draw at the largest budget
     real_x, real_y = real_subset(data, syn.ipc, generator(p.seed, "random-real"))
     real = SyntheticSet(real_x, real_y, None, syn.ipc)
@@ -99,7 +165,6 @@ def scorecard(
     # the distillation architecture's entry is the row above (same set, protocol and seeds): trained once
     on = archs or {p.model.arch: p}
     architectures = {a: scored(f"{a} ipc {syn.ipc}", syn.prefix(syn.ipc), q=q).as_dict() for a, q in on.items()}
-    scored.seconds["total"] = round(sum(scored.seconds.values()), 2)
     return {
         "dataset": data.source,
         "method": method,
@@ -110,7 +175,7 @@ def scorecard(
         "budgets": per_budget,
         "architectures": architectures,
         "protocol": protocol(p, data, proto),
-    }, scored.seconds
+    }
 
 
 def budget_table(metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

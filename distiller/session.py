@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from distiller.errors import DistillerError, first_line
+from distiller.launch import rank
 
 err = Console(stderr=True)
 
@@ -68,21 +69,23 @@ def os_error_line(e: OSError) -> str:
 @contextlib.contextmanager
 def session() -> Iterator[RichReporter]:
     """Progress bars plus the error contract (see the module's docstring)."""
+    me = rank()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    progress = Progress(*columns, TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+    progress = Progress(*columns, TimeRemainingColumn(), console=err, disable=not err.is_terminal or me > 0)
+    prefix = f"error: rank {me}: " if me else "error: "  # a torchrun job's other ranks say which they are
     try:
         with progress:
             yield RichReporter(progress)
     except DistillerError as e:
-        typer.echo("error: " + " ".join(str(e).splitlines()), err=True)  # always one line
+        typer.echo(prefix + " ".join(str(e).splitlines()), err=True)  # always one line
         raise typer.Exit(2) from None
     except OSError as e:
-        typer.echo("error: " + " ".join(os_error_line(e).splitlines()), err=True)
+        typer.echo(prefix + " ".join(os_error_line(e).splitlines()), err=True)
         raise typer.Exit(2) from None
     except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
         if not isinstance(e, MemoryError) and not any(m in str(e) for m in ("can't allocate memory", "out of memory")):
             raise
-        typer.echo(f"error: out of memory ({first_line(e)}); {OUT_OF_MEMORY}", err=True)
+        typer.echo(f"{prefix}out of memory ({first_line(e)}); {OUT_OF_MEMORY}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; nothing was written for the unfinished stage", err=True)

@@ -7,14 +7,15 @@ nested `budgets`: the first b images of every class form the budget-b subset, fo
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from distiller.errors import DistillerError
-from distiller.files import load_safetensors, save_safetensors
+from distiller.files import load_safetensors, save_safetensors, sha256_tensors
 from distiller.prepared import Prepared
 
 FORMAT = "distiller.synthetic"
@@ -94,11 +95,43 @@ def save(syn: SyntheticSet, path: Path | str, provenance: dict[str, object]) -> 
     save_safetensors(path, syn.tensors(), FORMAT, FORMAT_VERSION, meta)
 
 
-def load(path: Path | str) -> tuple[SyntheticSet, dict[str, object]]:
-    """A synthetic set and its provenance, verified (format, version, seal: the lr, ipc and budgets are sealed with
-    the tensors)."""
+def load(path: Path | str, data: Prepared | None = None) -> tuple[SyntheticSet, dict[str, object]]:
+    """A synthetic set and its provenance, verified: format, version and seal (the lr, ipc and budgets are sealed
+    with the tensors), then what the seal cannot vouch for (`_check`), and with `data` that it fits those data."""
     tensors, meta = load_safetensors(path, FORMAT, FORMAT_VERSION, "synthetic set", "re-run `distiller distill`")
-    if "images" not in tensors or "labels" not in tensors:
-        raise DistillerError(f"{path}: synthetic set lacks images or labels")
-    syn = SyntheticSet.from_tensors(tensors, meta["lr"], meta["ipc"])
-    return dataclasses.replace(syn, budgets=tuple(meta["budgets"])), meta["provenance"]
+    syn = _check(tensors, meta, path)
+    if data is not None and (syn.images.shape[1:] != data.image_shape or syn.num_classes != data.num_classes):
+        raise DistillerError(
+            f"{path}: {syn.num_classes} classes of {tuple(syn.images.shape[1:])} images do not fit the prepared "
+            f"data ({data.num_classes} classes of {data.image_shape}); re-run distill"
+        )
+    return syn, meta["provenance"]
+
+
+def _check(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path | str) -> SyntheticSet:
+    """A set distiller could have written: an ipc, a positive lr or none, increasing budgets up to ipc, class-major
+    labels, finite pixels and label distributions of matching shapes."""
+    images, labels, soft = tensors.get("images"), tensors.get("labels"), tensors.get("soft_labels")
+    ipc, lr, budgets = meta.get("ipc"), meta.get("lr"), meta.get("budgets")
+    if images is None or labels is None or not isinstance(ipc, int) or ipc < 1 or len(labels) % ipc:
+        raise DistillerError(f"{path}: not a synthetic set (images, labels or ipc missing or inconsistent)")
+    k = len(labels) // ipc
+    if (
+        images.ndim != 4
+        or len(images) != len(labels)
+        or not torch.equal(labels, class_major_labels(k, ipc))
+        or (soft is not None and soft.shape != (len(labels), k))
+    ):
+        raise DistillerError(f"{path}: the images, labels and soft labels do not agree ({ipc} per class)")
+    if not all(bool(torch.isfinite(t).all()) for t in (images, *([soft] if soft is not None else []))):
+        raise DistillerError(f"{path}: the synthetic set holds NaN or infinite values; re-run distill")
+    good_lr = lr is None or (isinstance(lr, float) and math.isfinite(lr) and lr > 0)
+    steps = budgets if isinstance(budgets, list) and all(isinstance(b, int) and b >= 1 for b in budgets) else []
+    if not good_lr or not steps or steps != sorted(set(steps)) or steps[-1] != ipc:
+        raise DistillerError(f"{path}: its learned lr ({lr!r}) or budgets ({budgets!r}) are not valid")
+    return SyntheticSet(images, labels, lr, ipc, soft, tuple(steps))
+
+
+def content_hash(syn: SyntheticSet) -> str:
+    """What an evaluation of the set depends on: its tensors and its lr (the metrics name the set they describe)."""
+    return sha256_tensors(*syn.tensors().values(), torch.tensor([syn.lr or 0.0], dtype=torch.float64))

@@ -25,6 +25,8 @@ from distiller.contract import Contract, Result
 from distiller.errors import DistillerError, first_line
 from distiller.folder import CARD, copy_declared, inside, inventory, matching, refuse_undeclared, shown_files
 from distiller.params import SEMVER
+from distiller.sidecars import check as check_sidecars
+from distiller.sidecars import check_picture
 
 FRONT_MATTER = re.compile(r"\A\s*---\r?\n(.*?)\r?\n---(?:\r?\n|\Z)", re.DOTALL)
 REQUIRED_CARD = ("license", "task_categories", "size_categories", "source_datasets", "tags", "pretty_name")
@@ -66,7 +68,8 @@ def validate(folder: Path | str) -> Report:
     card = read_card(folder / CARD)
     data_files = _configs(folder, files, card)
     sidecars = [inside(folder, rel, "sidecar") for rel in _sidecar_names(card.contract)]
-    declared = {CARD, *sidecars, *shown_files(folder, card.text, files)}
+    shown = shown_files(folder, card.text, files)
+    declared = {CARD, *sidecars, *shown}
     refuse_undeclared(folder, files, declared.union(*data_files.values()))
     _claims(card)
     report = Report(folder, {}, card.contract.default_config, card.contract.version, card.contract.method, files)
@@ -85,8 +88,9 @@ def validate(folder: Path | str) -> Report:
                     raise DistillerError(f"{folder / name}: its first {n} rows are not the previous config's")
             previous = current
             report.configs[name] = len(current["label"])
-        for rel in sidecars:
-            _sidecar(staged / rel, folder / rel)
+        check_sidecars(staged, folder, card.contract)
+        for rel in shown:
+            check_picture(folder / rel, "package the folder again")
     return report
 
 
@@ -243,16 +247,3 @@ def _check_config(folder: Path, name: str, ds: Any, contract: Contract) -> dict[
 
 def _sidecar_names(contract: Contract) -> list[str]:
     return [f for f in (contract.preprocessing.file, contract.source.test_split.file) if f]
-
-
-def _sidecar(staged: Path, path: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(staged))
-    except (SafetensorError, OSError) as e:
-        raise DistillerError(f"{path}: sidecar missing or unreadable ({type(e).__name__})") from None
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise DistillerError(f"{path}: sidecar tensor '{bad[0]}' holds NaN or infinite values")

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -47,8 +48,8 @@ def test_trajectories_round_trip_by_name(expert, digits, tiny, tmp_path):
 def test_buffer_for_other_data_or_architecture_is_refused(expert, digits, tiny, tmp_path):
     trajectory, acc = expert
     info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
-    save_trajectory(trajectory, tmp_path / "expert_000.safetensors", info)
-    write_manifest(tmp_path, info, [acc])
+    seal = save_trajectory(trajectory, tmp_path / "expert_000.safetensors", info)
+    write_manifest(tmp_path, info, [acc], [seal])
     assert len(load_buffer(tmp_path, digits, tiny.model, min_epochs=2).trajectories) == 1
     with pytest.raises(DistillerError, match="another architecture"):
         load_buffer(tmp_path, digits, ModelParams(width=16), min_epochs=2)
@@ -58,7 +59,7 @@ def test_buffer_for_other_data_or_architecture_is_refused(expert, digits, tiny, 
     (tmp_path / "manifest.json").write_text(json.dumps({**sealed, "dataset_hash": "0" * 64}))  # edited by hand
     with pytest.raises(DistillerError, match="was edited or is not distiller's"):
         load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
-    write_manifest(tmp_path, {**info, "dataset_hash": "0" * 64}, [acc])  # a buffer made for other data
+    write_manifest(tmp_path, {**info, "dataset_hash": "0" * 64}, [acc], [seal])  # a buffer made for other data
     with pytest.raises(DistillerError, match="trained on other data"):
         load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
 
@@ -69,9 +70,23 @@ def test_an_expert_from_another_buffer_is_refused(expert, digits, tiny, tmp_path
     trajectory, acc = expert
     info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
     other = {**info, "dataset_hash": "f" * 64}
-    save_trajectory(trajectory, tmp_path / "expert_000.safetensors", other)
-    write_manifest(tmp_path, info, [acc])
+    seal = save_trajectory(trajectory, tmp_path / "expert_000.safetensors", other)
+    write_manifest(tmp_path, info, [acc], [seal])
     with pytest.raises(DistillerError, match="trained for another buffer"):
         load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
     with pytest.raises(DistillerError, match="expert buffer not found"):
         load_buffer(tmp_path / "nowhere", digits, tiny.model, min_epochs=2)
+
+
+def test_a_swapped_or_copied_expert_is_refused(expert, digits, tiny, tmp_path):
+    """The manifest records each file's seal: an intact expert of the same buffer under another name is refused."""
+    trajectory, acc = expert
+    info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
+    doubled = [{k: 2 * v for k, v in params.items()} for params in trajectory]
+    pair = (trajectory, doubled)
+    seals = [save_trajectory(t, tmp_path / f"expert_{i:03d}.safetensors", info) for i, t in enumerate(pair)]
+    write_manifest(tmp_path, info, [acc, acc], seals)
+    assert len(load_buffer(tmp_path, digits, tiny.model, min_epochs=2).trajectories) == 2
+    shutil.copyfile(tmp_path / "expert_000.safetensors", tmp_path / "expert_001.safetensors")
+    with pytest.raises(DistillerError, match=r"expert_001\.safetensors: not the expert the manifest lists"):
+        load_buffer(tmp_path, digits, tiny.model, min_epochs=2)

@@ -93,6 +93,13 @@ def test_the_alias_bomb_is_a_real_one():
         ("augment.rotate=.inf", ["augment.rotate must be a finite number"]),
         ("mtt.lr_img=1e999", ["mtt.lr_img must be a finite number"]),
         ("device=cuda:x", ["device"]),
+        ("device=cuda:\u0663", ["device"]),  # an Arabic-Indic digit: torch parses ASCII digits only
+        ("device=cuda:99999999999999999999", ["device"]),
+        ("mtt.lr_img=1e308", ["mtt.lr_img", "float32"]),
+        ("evaluate.weight_decay=1e39", ["evaluate.weight_decay", "float32"]),
+        ("seed=99999999999999999999999", ["seed", "64 bits"]),
+        ("expert.lr=1e30", ["expert.lr must be <= 10"]),
+        ("data.source=imagefolder:../../x", ["outside datasets/"]),
         ("distill.ipc", ["must look like key=value"]),
         ("distill=3", ["distill must be a mapping"]),
     ],
@@ -313,7 +320,27 @@ FOLDERS = {
         "not a regular file",
     ),
     "a symlinked file": (lambda f: (f / "images/x.png").symlink_to("/etc/hostname"), "symbolic links"),
+    "data_files '.'": (_card("path: ipc1/train-*.parquet", "path: ."), "inside the folder"),
+    "card mean not the sidecar's": (
+        _front(lambda d: d["distiller"]["preprocessing"].update(mean=[0.9])),
+        "is not the card's [0.9]",
+    ),
+    "split count off": (_front(lambda d: d["distiller"]["source"]["test_split"].update(count=7)), "of 7 indices"),
+    "split tensor renamed": (_front(lambda d: d["distiller"]["source"]["test_split"].update(tensor="nope")), "'nope'"),
+    "a foreign normalisation sidecar": (
+        lambda f: _plain_safetensors(f / "preprocessing/normalization.safetensors"),
+        "sidecar missing or unreadable",
+    ),
+    "a grid that is no image": (lambda f: (f / "images/grid.png").write_bytes(b"\x89PNG junk"), "not a readable image"),
 }
+
+
+def _plain_safetensors(path: Path) -> None:
+    """A safetensors file that is not distiller's: the right tensor names, no format, no seal."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"mean": torch.zeros(1), "std": torch.ones(1)}, str(path))
 
 
 @pytest.mark.parametrize("case", sorted(FOLDERS))
@@ -371,6 +398,13 @@ def test_any_card_value_replaced_validates_or_fails_with_one_line(folder: Path, 
             refused(result)
     finally:
         card.write_text(original)
+
+
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_publish_to_a_destination_that_is_a_symlink_is_refused(folder: Path, tmp_path: Path, link):
+    dest = tmp_path / "dest"
+    dest.symlink_to(dest if link == "loop" else tmp_path / "nowhere")
+    refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), str(dest), "symbolic link")
 
 
 def test_a_folder_that_is_a_symlink_is_refused(folder: Path, tmp_path: Path):

@@ -226,7 +226,7 @@ def test_mtt_negative_syn_lr_is_rolled_back_then_stops_naming_the_param(prepared
         app,
         [
             *("distill", "--params", str(prepared / "params.yaml"), "--root", str(prepared)),
-            *("-S", "mtt.syn_lr_floor=0", "-S", "mtt.lr_lr=1.0e+9", "-S", "mtt.lr_img=1.0e-9"),
+            *("-S", "mtt.syn_lr_floor=0", "-S", "mtt.lr_lr=1", "-S", "mtt.lr_img=1.0e-9"),
             *("-S", "mtt.iterations=10"),
         ],
     )

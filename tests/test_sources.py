@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
 import tarfile
@@ -421,3 +422,39 @@ def test_a_split_that_leaves_a_class_without_test_images_is_refused_at_download(
     assert not Layout(project).prepared.exists()
     result = download(project, "--source", "imagefolder:pics", "-S", "data.test_fraction=0.9")
     assert_one_line_error(result, "has no train image")
+
+
+def test_a_fifo_among_the_images_is_named_not_waited_for(project: Path):
+    folder = project / "pics"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(4):
+            grey(40 * i).save(folder / name / f"{i}.png")
+    os.mkfifo(folder / "a" / "fifo.png")
+    assert_one_line_error(download(project, "--source", "imagefolder:pics"), "fifo.png", "not a regular file")
+
+
+def _hf_folder(root: Path) -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    feats = Features({"img": ImageFeature(), "lab": ClassLabel(names=["x", "y"]), "n": Value("float32")})
+    rows = {"img": [grey(10 * i) for i in range(8)], "lab": [i % 2 for i in range(8)], "n": [0.5] * 8}
+    (root / "hf").mkdir()
+    Dataset.from_dict(rows, features=feats).to_parquet(str(root / "hf" / "train.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["data.label_column=img"], "column 'img' (data.label_column) is not a ClassLabel, integer or string column"),
+        (["data.image_column=lab"], "column 'lab' (data.image_column) is not an Image column"),
+        (["data.label_column=n"], "column 'n' (data.label_column) is not a ClassLabel, integer or string column"),
+        (["data.test_fraction=0.9"], "has no train image"),
+    ],
+)
+def test_hf_columns_of_the_wrong_kind_are_one_line(project: Path, overrides, fragment):
+    """Also: `datasets` prints no progress bar of its own, so the error is the one line on stderr."""
+    _hf_folder(project)
+    sets = [arg for o in overrides for arg in ("-S", o)]
+    assert_one_line_error(download(project, "--source", "hf:hf", *sets), fragment)

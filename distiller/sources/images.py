@@ -30,6 +30,8 @@ def decode(image: Path | bytes, where: str) -> Image.Image:
     """One image decoded whole, or one line naming it: unreadable, truncated, or larger than `MAX_PIXELS` (a
     decompression bomb: a few kilobytes that claim billions of pixels). The size is checked from the header, before
     anything is decoded."""
+    if isinstance(image, Path) and not image.is_file():  # a FIFO would block the reader, a device never end
+        raise DistillerError(f"{where}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by our own limit
@@ -83,6 +85,7 @@ def load_hf(spec: str, p: DataParams, root: Path) -> RawDataset:
     """`hf:<repo_id>[:<config>]`: the train split (and test split when present) of a datasets image dataset."""
     import datasets
 
+    datasets.disable_progress_bars()  # errors are one line; the CLI shows its own progress
     repo, _, config = spec.partition(":")
     where = f"data.source hf:{spec}"
     if not repo:
@@ -144,10 +147,16 @@ def _decoded(split: Any, column: str, where: str) -> list[Image.Image]:
 
 
 def _column(features: Any, named: str, kind: type, what: str, where: str) -> str:
-    """The column named by data.<what>_column, else the one feature of type `kind`."""
+    """The column named by data.<what>_column, else the one feature of type `kind`. A named label column may also
+    hold plain integers or strings."""
     if named:
         if named not in features:
             raise DistillerError(f"{where}: no column '{named}' (data.{what}_column); columns: {', '.join(features)}")
+        feature = features[named]
+        plain = what == "label" and type(feature).__name__ == "Value" and feature.dtype.startswith(("int", "string"))
+        if not isinstance(feature, kind) and not plain:
+            wanted = "an Image" if what == "image" else "a ClassLabel, integer or string"
+            raise DistillerError(f"{where}: column '{named}' (data.{what}_column) is not {wanted} column")
         return named
     found = [name for name, f in features.items() if isinstance(f, kind)]
     if len(found) != 1:

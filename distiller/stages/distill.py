@@ -28,7 +28,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
     configure_torch()
     models.check_distillable(p.model)
     device = resolve_device(p.device)
-    data = load_prepared(layout.prepared).to(device)
+    data = load_prepared(layout.prepared, p.data).to(device)
 
     def context(*inputs: object) -> Context:  # checkpoints resume only for the same params and inputs
         return Context(data, p.model, p.augment, p.seed, device, p.guard, _store(p, layout, *inputs), progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distiller import plots, synthetic
+from distiller import distributed, plots, synthetic
 from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
 from distiller.errors import DistillerError
 from distiller.files import atomic_dir, csv_text, write_json, write_sealed_json, write_text
@@ -16,16 +16,23 @@ from distiller.scorecard import budget_table, scorecard
 
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
-    """Score the synthetic set and, under the same protocol and seeds, its references (`distiller.scorecard`)."""
+    """Score the synthetic set and, under the same protocol and seeds, its references (`distiller.scorecard`); in a
+    torchrun job the ranks share the networks out and rank 0 writes (`distiller.distributed`)."""
     configure_torch()
-    device = resolve_device(p.device)
-    data = load_prepared(layout.prepared).to(device)
-    syn, prov = synthetic.load(layout.synthetic)
-    if prov.get("dataset_hash") != data.content_hash:
-        raise DistillerError(f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill")
-    budgets = syn.budgets or (syn.ipc,)
-    direct = {b: synthetic.load(layout.reference(b))[0] for b in budgets if layout.reference(b).is_file()}
-    metrics, seconds = scorecard(syn, str(prov.get("method")), direct, data, p, device, progress)
+    with distributed.world(resolve_device(p.device)) as w:
+        device = w.device(resolve_device(p.device))
+        data = load_prepared(layout.prepared, p.data).to(device)
+        syn, prov = synthetic.load(layout.synthetic, data)
+        if prov.get("dataset_hash") != data.content_hash:
+            raise DistillerError(
+                f"{layout.synthetic} was distilled from other data than {layout.prepared}; re-run distill"
+            )
+        budgets = syn.budgets or (syn.ipc,)
+        direct = {b: synthetic.load(layout.reference(b), data)[0] for b in budgets if layout.reference(b).is_file()}
+        metrics, seconds = scorecard(syn, str(prov.get("method")), direct, data, p, device, progress, w)
+        metrics["synthetic_hash"] = synthetic.content_hash(syn)  # the package stage checks it describes its set
+    if not w.root:  # every rank has the metrics; rank 0 writes them
+        return metrics
     curves, table = budget_table(metrics)
     with atomic_dir(layout.evaluate_dir) as out:
         write_text(out / layout.budgets_csv.name, csv_text(table))

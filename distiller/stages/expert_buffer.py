@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from distiller import buffer, experts, models
+from distiller import buffer, distributed, experts, models
 from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
 from distiller.checkpoint import Store, fingerprint
 from distiller.files import atomic_dir
@@ -17,28 +17,35 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
     """Train `expert.num_experts` experts and write their trajectories; returns their final test accuracies.
 
     Each expert depends only on its index, so finished experts are checkpointed whole and a rerun after a kill trains
-    only the missing ones. RaT-BPTT needs no experts: the stage then writes a manifest saying so, in no time."""
+    only the missing ones; in a torchrun job the ranks share them out and rank 0 writes (`distiller.distributed`).
+    RaT-BPTT needs no experts: the stage then writes a manifest saying so, in no time."""
     configure_torch()
     models.check_distillable(p.model)
-    device = resolve_device(p.device)
-    data = load_prepared(layout.prepared).to(device)
-    info = buffer.manifest(data, p.model, p.expert, p.augment, p.seed)
-    if p.distill.method != "mtt":
+    with distributed.world(resolve_device(p.device)) as w:
+        device = w.device(resolve_device(p.device))
+        data = load_prepared(layout.prepared, p.data).to(device)
+        info = buffer.manifest(data, p.model, p.expert, p.augment, p.seed)
+        if p.distill.method != "mtt":
+            if w.root:
+                with atomic_dir(layout.experts_dir) as out:
+                    buffer.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [], [])
+            return []
+        what = dataclasses.replace(p.expert, checkpoint_every=0, parallel=0, nproc=1)  # not how: the same experts
+        key = fingerprint(info, what, device.type)
+        store = Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every) if w.root else None
+        advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
+        trained = experts.train_buffer(data, p.model, p.expert, p.augment, p.seed, device, store, advance, w)
+        if store is None:
+            for _ in trained:  # train and send this rank's share; rank 0 writes
+                pass
+            return []
+        accuracies, seals = [], []
         with atomic_dir(layout.experts_dir) as out:
-            buffer.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [])
-        return []
-    key = fingerprint(info, dataclasses.replace(p.expert, checkpoint_every=0, parallel=0), str(device))
-    store = Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every)
-    advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
-    accuracies = []
-    with atomic_dir(layout.experts_dir) as out:
-        for i, trajectory, acc in experts.train_buffer(
-            data, p.model, p.expert, p.augment, p.seed, device, store, advance
-        ):
-            buffer.save_trajectory(trajectory, out / f"expert_{i:03d}.safetensors", info)
-            accuracies.append(acc)
-        buffer.write_manifest(out, info, accuracies)
-    store.clear()
+            for i, trajectory, acc in trained:
+                seals.append(buffer.save_trajectory(trajectory, out / buffer.expert_file(i), info))
+                accuracies.append(acc)
+            buffer.write_manifest(out, info, accuracies, seals)
+        store.clear()
     return accuracies
 
 
