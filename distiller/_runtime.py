@@ -6,10 +6,11 @@ Library code never touches the global RNGs: every random draw goes through a `to
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -74,6 +75,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DistillerError(f"device '{name}' was requested but CUDA is not available (use device: auto or cpu)")
     return device
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """`datasets` without its progress bars and its log lines for the block: distiller reports progress itself and
+    every failure as one line (its parquet reader logs an error before raising it)."""
+    import datasets
+
+    level, bars = datasets.logging.get_verbosity(), not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)  # above CRITICAL: nothing
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ def manifest(
         "format_version": FORMAT_VERSION,
         "dataset": data.source,
         "dataset_hash": data.content_hash,
+        "preprocess": data.preprocess + (f" (eps {data.zca_eps})" if data.preprocess == "zca" else ""),
         "architecture": models.describe(model_p, data.image_shape, data.num_classes),
         "lr": expert_p.lr,
         "epochs": expert_p.epochs,

@@ -16,7 +16,17 @@ from typing import Any
 
 from distiller import __version__, config, models, synthetic
 from distiller.catalog import describe
-from distiller.contract import Budget, Contract, EvalSplit, Labels, Preprocessing, Protocol, Result, Source
+from distiller.contract import (
+    Budget,
+    Contract,
+    EvalSplit,
+    FairScores,
+    Labels,
+    Preprocessing,
+    Protocol,
+    Result,
+    Source,
+)
 from distiller.errors import DistillerError, first_line
 from distiller.files import read_sealed_json
 from distiller.params import ModelParams, Params, params_from_dict, to_dict
@@ -131,6 +141,9 @@ def build(p: Params, inp: Inputs, layout: Layout) -> Contract:
         default_config=config_name(inp.syn.ipc),
         cross_architecture={a: Result.of(r) for a, r in m["architectures"].items()} if cross else None,
         full_data=Result.of(m["baselines"]["full_data"]) if "full_data" in m["baselines"] else None,
+        ddranking=config.build(FairScores, m["ddranking"], where="metrics/evaluate.json", prefix="ddranking")
+        if "ddranking" in m
+        else None,
     )
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any
 import typer
 
 from distiller import __version__
+from distiller.cli_recipe import recipe_app
+from distiller.cli_reproduce import reproduce
 from distiller.errors import DistillerError
 from distiller.launch import LAUNCHED, in_torchrun, launch, rank
 from distiller.paths import Layout
@@ -235,6 +237,7 @@ def publish(
         str | None, typer.Option("--version", help="Semantic version to tag (default and must be: the card's).")
     ] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
+    root: RootOpt = Path("."),
 ) -> None:
     """Publish a validated folder: to the Hub as one commit tagged v<version>, or copy it to a directory.
 
@@ -242,21 +245,30 @@ def publish(
     in one commit and tags it, so `load_dataset("org/name", "ipc10", revision="v1.0.0")` pins this version. An
     existing tag is never moved. The token comes from HF_TOKEN or `hf auth login` and is never printed.
     `distiller publish datasets/NAME --to dir PATH` copies the folder to PATH (new or empty).
+    `distiller publish experts --to hub --repo org/name` publishes the expert buffer (artifacts/experts, or a buffer
+    folder) as a model repo with its card, tagged v<version> (default 1.0.0); `expert.from: hf:org/name@v1.0.0` uses it.
     """
     from distiller import publish as pub
 
+    experts = (folder == Path("experts") and not folder.exists()) or (folder / "manifest.json").is_file()
+    folder = Layout(root).experts_dir if folder == Path("experts") and not folder.exists() else folder
     with session():
         if to is Target.dir:
             if dest is None:
                 raise DistillerError("--to dir needs a destination: distiller publish FOLDER --to dir PATH")
-            typer.echo(f"copied {folder} to {pub.publish_to_dir(folder, dest)}")
+            copied = pub.publish_experts_to_dir(folder, dest, version or "1.0.0") if experts else None
+            typer.echo(f"copied {folder} to {copied or pub.publish_to_dir(folder, dest)}")
             return
         if dest is not None:
             raise DistillerError(f"unexpected destination '{dest}' with --to hub (use --repo org/name)")
         if not repo or repo.count("/") != 1:
             raise DistillerError("--to hub needs --repo org/name")
-        done = pub.publish_to_hub(folder, repo, version=version, private=private)
+        done = pub.publish_to_hub(folder, repo, version=version, private=private, experts=experts)
     typer.echo(f"published {folder} to {done.repo_id} at {done.tag} (commit {done.commit}): {done.url}")
+
+
+app.add_typer(recipe_app)
+app.command()(reproduce)
 
 
 def main() -> None:

@@ -30,6 +30,11 @@ from distiller import safeyaml
 from distiller.errors import DistillerError
 
 
+def yaml_key(f: dataclasses.Field[Any]) -> str:
+    """A field's key in YAML: its name, without the trailing underscore that lets a key be a Python keyword (`from`)."""
+    return f.name.removesuffix("_")
+
+
 def setting(default: Any, help: str, **bounds: float) -> Any:
     """A dataclass field with a help text and optional bounds (ge, gt, le, lt) checked by `build`."""
     return dataclasses.field(default=default, metadata={"help": help, **bounds})
@@ -49,21 +54,21 @@ def build(cls: type, raw: Any, *, where: str = "params", prefix: str = "") -> An
     if not isinstance(raw, Mapping):
         raise DistillerError(f"{where}: {prefix or 'the file'} must be a mapping of keys to values, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls)}
     dotted = lambda k: f"{prefix}.{k}" if prefix else str(k)
-    for key in raw:
-        if key not in fields:
-            hint = did_you_mean(dotted(key), [dotted(f) for f in fields])
-            shown = dotted(key).encode("unicode_escape").decode()  # a key may hold newlines: keep the error one line
+    for k in raw:
+        if k not in fields:
+            hint = did_you_mean(dotted(k), [dotted(f) for f in fields])
+            shown = dotted(k).encode("unicode_escape").decode()  # a key may hold newlines: keep the error one line
             raise DistillerError(f"{where}: unknown key '{shown}'{hint}")
     values = {}
-    for name, f in fields.items():
-        if name not in raw:
+    for k, f in fields.items():
+        if k not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise DistillerError(f"{where}: {dotted(name)} is missing")
+                raise DistillerError(f"{where}: {dotted(k)} is missing")
             continue
-        values[name] = _coerce(dotted(name), raw[name], hints[name], where)
-        _check_bounds(dotted(name), values[name], f.metadata, where)
+        values[f.name] = _coerce(dotted(k), raw[k], hints[f.name], where)
+        _check_bounds(dotted(k), values[f.name], f.metadata, where)
     try:
         return cls(**values)
     except DistillerError as e:  # a check across fields (`__post_init__`) names its keys, `where` the file
@@ -214,7 +219,7 @@ def to_dict(obj: Any) -> Any:
             value = getattr(obj, f.name)
             if value is None and f.default is None:
                 continue
-            out[f.name] = to_dict(value)
+            out[yaml_key(f)] = to_dict(value)
         return out
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
@@ -224,7 +229,7 @@ def to_dict(obj: Any) -> Any:
 
 
 def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+    return {yaml_key(f): f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def _scalar(value: Any) -> str:
@@ -243,10 +248,10 @@ def render_yaml(obj: Any, header: str, column: int = 25, width: int = 118) -> st
             if dataclasses.is_dataclass(value) and not hasattr(value, "to_config"):
                 doc = (type(value).__doc__ or "").strip().splitlines()[0]
                 lines.append("")
-                lines.extend(_commented(f"{indent}{f.name}:", doc, column, width))
+                lines.extend(_commented(f"{indent}{yaml_key(f)}:", doc, column, width))
                 emit(value, indent + "  ")
             else:
-                lines.extend(_commented(f"{indent}{f.name}: {_scalar(value)}", helps[f.name], column, width))
+                lines.extend(_commented(f"{indent}{yaml_key(f)}: {_scalar(value)}", helps[yaml_key(f)], column, width))
 
     emit(obj, "")
     return "\n".join(lines) + "\n"

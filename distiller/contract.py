@@ -156,6 +156,26 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A score of each network, summarised: mean, population std and the values (HLR and IOR may be negative)."""
+
+    mean: float
+    std: float = field(metadata={"ge": 0})
+    values: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class FairScores:
+    """DD-Ranking's scores of the default config (arXiv 2505.13300; docs/packaging.md): LRS and ARS in [0, 1]."""
+
+    lrs: Score
+    ars: Score
+    hlr: Score
+    ior: Score
+    weight: float = field(metadata={"ge": 0, "le": 1})
+
+
+@dataclass(frozen=True)
 class Contract:
     version: str  # semantic version of the dataset; the Hub tag is v<version>
     git_commit: str | None
@@ -173,6 +193,7 @@ class Contract:
     default_config: str
     cross_architecture: dict[str, Result] | None = None
     full_data: Result | None = None
+    ddranking: FairScores | None = None
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "card") -> Contract:

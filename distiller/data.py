@@ -35,7 +35,7 @@ def prepare(p: DataParams, root: Path | str = ".") -> Prepared:
     """Load `p.source` (relative paths start at the project `root`), split it and fit the preprocessing on the
     training images."""
     raw = sources.load(p, root)
-    images = _resize(raw.train_images, p.resolution)
+    images = resize(raw.train_images, p.resolution)
     if raw.test_images is None:
         train_idx, test_idx = stratified_split(raw.train_labels, p.test_fraction, p.split_seed)
         train_x, train_y = images[train_idx], raw.train_labels[train_idx]
@@ -43,7 +43,7 @@ def prepare(p: DataParams, root: Path | str = ".") -> Prepared:
     else:
         assert raw.test_labels is not None
         train_x, train_y = images, raw.train_labels
-        test_x, test_y = _resize(raw.test_images, p.resolution), raw.test_labels
+        test_x, test_y = resize(raw.test_images, p.resolution), raw.test_labels
         test_idx = torch.zeros(0, dtype=torch.int64)
     _check_split(raw.classes, train_y, test_y, p, ours=raw.test_images is None)
     zca: dict[str, torch.Tensor] = {}
@@ -91,7 +91,7 @@ def _check_split(
         raise DistillerError(f"data.source {p.source}: the test split is empty")
 
 
-def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """Sources that come as tensors (digits, torchvision's) resized to `resolution` square (bilinear, antialiased)."""
     if not resolution or tuple(x.shape[-2:]) == (resolution, resolution):
         return x

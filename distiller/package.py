@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from distiller import card, readme
+from distiller._runtime import quiet_datasets
 from distiller.card import BUDGETS_PNG, GRID, NORMALIZATION, SHARD, SPLIT, ZCA, config_name
 from distiller.files import atomic_dir, save_safetensors
 from distiller.params import Params
@@ -67,13 +68,10 @@ def features(data: Prepared, soft_labels: bool, preview: bool) -> Any:
 
 def build(p: Params, layout: Layout) -> Path:
     """Write the datasets folder for the current pipeline outputs; returns its path."""
-    from datasets import disable_progress_bars
-
-    disable_progress_bars()  # the CLI shows its own progress; parquet writes of a few rows need none
     inp = card.read_inputs(p, layout)
     contract = card.checked(p, inp, layout)
-    folder = layout.package_dir(inp.data.source, inp.syn.ipc)
-    with atomic_dir(folder) as out:
+    folder = layout.package_dir(p.package.folder(inp.data.source, inp.syn.ipc))
+    with atomic_dir(folder) as out, quiet_datasets():  # the CLI shows its own progress
         infos = write_configs(out, inp.syn, inp.data, inp.budgets, p.package.preview)
         write_sidecars(out, inp.data)
         (out / "images").mkdir()

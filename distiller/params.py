@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from distiller import config
@@ -24,6 +24,7 @@ Placement = Literal["random", "fixed", "end"]  # of RaT-BPTT's window
 Schedule = Literal["constant", "cosine"]
 Memory = Literal["full", "checkpoint", "tesla"]  # how MTT's meta-gradient is computed
 SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")  # a Hub repo name, a plain folder name
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")  # ASCII digits only: torch parses no others
 
 
@@ -84,6 +85,7 @@ class ExpertParams:
     checkpoint_every: int = setting(1, "experts between checkpoints (0: none); a rerun after a kill resumes", ge=0)
     parallel: int = setting(0, "experts trained at once (0: all, 1: one at a time); the experts are the same", ge=0)
     nproc: int = setting(1, "processes sharing the experts (a torchrun job on this machine); the same experts", ge=1)
+    from_: str = setting("", "fetch a published buffer instead of training: hf:org/name[@revision], or a folder")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class MTTParams:
     expert_epochs: int = setting(2, "M: expert epochs between start and target", ge=1)
     max_start_epoch: int = setting(8, "T+: start epoch t drawn from {0 .. T+ - 1}", ge=1)
     lr_img: float = setting(50.0, "SGD lr on the pixels", gt=0)
+    lr_init: float = setting(0.0, "alpha's initial value; 0: expert.lr (the reference's lr_teacher)", ge=0, le=10)
     lr_lr: float = setting(1e-5, "SGD lr on alpha", ge=0, le=1)
     momentum: float = setting(0.5, "momentum of both outer SGD optimisers", ge=0, lt=1)
     batch_syn: int = setting(0, "synthetic minibatch per student step; 0 = all of S", ge=0)
@@ -175,6 +178,7 @@ class EvaluateParams:
     parallel: int = setting(0, "networks trained at once (0: all, 1: one at a time); the scores are the same", ge=0)
     nproc: int = setting(1, "processes sharing the networks (a torchrun job on this machine); the same scores", ge=1)
     archs: tuple[Arch, ...] = setting((), "networks the largest budget is also scored on: resnet18, vgg11, ...")
+    ddranking: bool = setting(False, "also DD-Ranking's label- and augmentation-robust scores (more networks)")
 
 
 @dataclass(frozen=True)
@@ -187,10 +191,19 @@ class GuardParams:
 
 @dataclass(frozen=True)
 class PackageParams:
-    """The Hugging Face datasets folder datasets/<source>-distilled-ipc<ipc>/."""
+    """The Hugging Face datasets folder datasets/<name>/."""
 
+    name: str = setting("", "folder and Hub repo; '' = <data.source>-distilled-ipc<ipc> (hf:, imagefolder: need one)")
     version: str = setting("1.0.0", "semantic version in the card; `distiller publish` tags the Hub commit v<version>")
     preview: bool = setting(True, "8-bit `image` column for the Hub viewer (pixel_values hold the exact floats)")
+
+    def folder(self, source: str, ipc: int) -> str:
+        """The package's folder name (and Hub repo name): `name`, or one derived from a plain source's name."""
+        folder = self.name or f"{source}-distilled-ipc{ipc}"
+        if not PACKAGE_NAME.fullmatch(folder) or ".." in folder or "--" in folder:
+            which = "package.name" if self.name else f"data.source '{source}' (set package.name)"
+            raise DistillerError(f"{which}: '{folder}' is no folder or Hub repo name (letters, digits, '-', '_', '.')")
+        return folder
 
 
 @dataclass(frozen=True)
@@ -240,11 +253,12 @@ def _check_combinations(p: Params) -> None:
         )
     if not SEMVER.fullmatch(p.package.version):
         raise DistillerError(f"package.version must be a semantic version like 1.2.0, got '{p.package.version}'")
+    if p.evaluate.ddranking and p.evaluate.full_data_runs < 1:
+        raise DistillerError("evaluate.ddranking needs the full-data baseline: set evaluate.full_data_runs >= 1")
     if len(set(p.evaluate.archs)) < len(p.evaluate.archs):
         raise DistillerError(f"evaluate.archs lists an architecture twice: {list(p.evaluate.archs)}")
-    folder = PurePosixPath(f"{p.data.source}-distilled-ipc{p.distill.ipc}")  # datasets/<folder>: Layout.package_dir
-    if ".." in folder.parts or not str(folder).isprintable():
-        raise DistillerError(f"data.source '{p.data.source}' would put the package outside datasets/ ({folder})")
+    if p.package.name:  # a derived name is checked where it is used: only packaging needs one
+        p.package.folder(p.data.source, p.distill.ipc)
     if not DEVICE.fullmatch(p.device):
         raise DistillerError(f"device: '{p.device}' is not one of auto, cpu, cuda, cuda:N")
 

@@ -46,9 +46,9 @@ class Layout:
         """A set distilled directly (no boosting) at `budget` images per class."""
         return self.references_dir / f"direct_ipc{budget}.safetensors"
 
-    def package_dir(self, source: str, ipc: int) -> Path:
-        """`datasets/<source>-distilled-ipc<max>/`; dvc.yaml's package stage names the same folder."""
-        return self.datasets_dir / f"{source}-distilled-ipc{ipc}"
+    def package_dir(self, name: str) -> Path:
+        """`datasets/<name>/` (`package.name`, by default `<source>-distilled-ipc<max>`: dvc.yaml names that folder)."""
+        return self.datasets_dir / name
 
     def log(self, stage: str) -> Path:
         """Wall times of a stage's last run: apart from its outputs, so that those are a function of their inputs

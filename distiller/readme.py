@@ -129,6 +129,15 @@ def _results(c: Contract) -> str:
     for name, b in c.budgets.items():
         row = f"| `{name}` | {b.images_per_class} | {b.rows} | {_pct(b.accuracy)} | {_pct(b.random_real)} |"
         lines.append(row + "".join(f" {_pct(getattr(b, r))} |" for r in refs))
+    if c.ddranking is not None:
+        d = c.ddranking
+        lines += [
+            "",
+            f"DD-Ranking's fair scores of `{c.default_config}` (arXiv 2505.13300; weight {d.weight}): label-robust "
+            f"score **{d.lrs.mean:.4f} +- {d.lrs.std:.4f}**, augmentation-robust score **{d.ars.mean:.4f} +- "
+            f"{d.ars.std:.4f}** (hard-label recovery {100 * d.hlr.mean:.2f} points, improvement over random "
+            f"{100 * d.ior.mean:.2f} points).",
+        ]
     return "\n".join(lines) + "\n"
 
 

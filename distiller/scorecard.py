@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from distiller import models
+from distiller import ddranking, models
 from distiller._runtime import SILENT, Reporter, generator
 from distiller.distributed import SINGLE, World, sum_to_all
 from distiller.evaluate import EvalResult, Protocol, protocol, protocol_for, score
@@ -39,6 +39,7 @@ class Job:
     epochs: int | None
     runs: int
     q: Params
+    plain: bool = False  # trained without the protocol's augmentation (DD-Ranking's ARS)
 
 
 class Scorer:
@@ -57,10 +58,16 @@ class Scorer:
         self.planning, self.planned = w.size > 1, dict[str, Job]()
 
     def __call__(
-        self, name: str, s: SyntheticSet, epochs: int | None = None, runs: int | None = None, q: Params | None = None
+        self,
+        name: str,
+        s: SyntheticSet,
+        epochs: int | None = None,
+        runs: int | None = None,
+        q: Params | None = None,
+        plain: bool = False,
     ) -> EvalResult:
-        job = Job(name, s, epochs, runs or self.p.evaluate.num_eval, q or self.p)
-        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}/{job.q.model.arch}"
+        job = Job(name, s, epochs, runs or self.p.evaluate.num_eval, q or self.p, plain)
+        key = sha256_tensors(s.images, s.targets) + f"/{epochs}/{runs}/{job.q.model.arch}/{plain}"
         if key not in self._done:
             if self.planning:
                 self.planned.setdefault(key, job)
@@ -76,7 +83,7 @@ class Scorer:
             s.targets,
             self.data,
             job.q,
-            self.proto,
+            dataclasses.replace(self.proto, augment=None) if job.plain else self.proto,
             lr=self.proto.lr(s.lr),
             runs=job.runs,
             device=self.device,
@@ -165,6 +172,7 @@ def _metrics(
     # the distillation architecture's entry is the row above (same set, protocol and seeds): trained once
     on = archs or {p.model.arch: p}
     architectures = {a: scored(f"{a} ipc {syn.ipc}", syn.prefix(syn.ipc), q=q).as_dict() for a, q in on.items()}
+    fair = {"ddranking": _fair(syn, real, data, p, scored)} if p.evaluate.ddranking else {}
     return {
         "dataset": data.source,
         "method": method,
@@ -175,7 +183,30 @@ def _metrics(
         "budgets": per_budget,
         "architectures": architectures,
         "protocol": protocol(p, data, proto),
+        **fair,
     }
+
+
+def _fair(syn: SyntheticSet, real: SyntheticSet, data: Prepared, p: Params, scored: Scorer) -> dict[str, object]:
+    """DD-Ranking's scores of the largest budget (`distiller.ddranking`): besides the networks scored already, the set
+    on its hard labels (the same networks when it has no soft labels) and the set and the random subset trained
+    without augmentation."""
+    top, rnd = syn.prefix(syn.ipc), real.prefix(syn.ipc)
+    e = p.evaluate
+    full = scored(
+        "full data",
+        SyntheticSet(data.train_images, data.train_labels, None, 1),
+        e.full_data_epochs or None,
+        e.full_data_runs,
+    )
+    return ddranking.scores(
+        full.runs,
+        scored(f"hard labels ipc {syn.ipc}", dataclasses.replace(top, soft_labels=None)).runs,
+        scored(f"distilled ipc {syn.ipc}", top).runs,
+        scored(f"random real ipc {syn.ipc}", rnd).runs,
+        scored(f"distilled ipc {syn.ipc}, no augmentation", top, plain=True).runs,
+        scored(f"random real ipc {syn.ipc}, no augmentation", rnd, plain=True).runs,
+    )
 
 
 def budget_table(metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

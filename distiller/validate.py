@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from distiller import safeyaml
+from distiller._runtime import quiet_datasets
 from distiller.contract import Contract, Result
 from distiller.errors import DistillerError, first_line
 from distiller.folder import CARD, copy_declared, inside, inventory, matching, refuse_undeclared, shown_files
@@ -73,7 +74,7 @@ def validate(folder: Path | str) -> Report:
     refuse_undeclared(folder, files, declared.union(*data_files.values()))
     _claims(card)
     report = Report(folder, {}, card.contract.default_config, card.contract.version, card.contract.method, files)
-    with tempfile.TemporaryDirectory(prefix="distiller-validate-") as tmp:  # validation leaves no cache behind
+    with tempfile.TemporaryDirectory(prefix="distiller-validate-") as tmp, quiet_datasets():  # and leaves no cache
         staged = Path(tmp) / "folder"  # a copy under a plain name: datasets reads the folder's path as a glob
         copy_declared(folder, files, staged)
         previous: dict[str, torch.Tensor] | None = None
@@ -204,7 +205,6 @@ def _load(staged: Path, folder: Path, name: str, cache: str) -> Any:
     """One config through the real `load_dataset`, as a consumer loads it (from the staged copy)."""
     import datasets
 
-    datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(str(staged), name, split="train", cache_dir=cache)
     except Exception as e:  # datasets raises many types for unreadable or mismatched files
@@ -231,14 +231,17 @@ def _check_config(folder: Path, name: str, ds: Any, contract: Contract) -> dict[
     feat = ds.features.get("pixel_values")
     if type(feat).__name__ != "Array3D" or getattr(feat, "dtype", None) != "float32":
         raise DistillerError(f"{folder / name}: pixel_values must be a float32 Array3D column")
-    if tuple(feat.shape) != tuple(arch.input_shape):
+    if [type(d) for d in feat.shape] != [int] * 3 or tuple(feat.shape) != tuple(arch.input_shape):  # True == 1
         raise DistillerError(
             f"{folder / name}: pixel_values are {feat.shape}, the card's network takes {arch.input_shape}"
         )
     columns = ["pixel_values", "label", *(["soft_label"] if "soft_label" in ds.features else [])]
     if contract.labels.train_on == "soft_label" and "soft_label" not in ds.features:
         raise DistillerError(f"{folder / name}: the card says to train on soft_label, but the column is missing")
-    t = ds.select_columns(columns).with_format("torch")[:]  # dict of whole-column tensors
+    try:
+        t = ds.select_columns(columns).with_format("torch")[:]  # dict of whole-column tensors
+    except (TypeError, ValueError) as e:  # the card's dataset_info declares features the parquet does not hold
+        raise DistillerError(f"{folder / name}: its rows do not read as the card declares ({first_line(e)})") from None
     for column in (c for c in columns if c != "label"):
         if not torch.isfinite(t[column]).all():
             raise DistillerError(f"{folder / name}: {column} holds NaN or infinite values")

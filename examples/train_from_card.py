@@ -1,50 +1,95 @@
 """Reproduce a packaged dataset's accuracy from its folder alone: `datasets`, `torch` and what the card says.
 
-    python examples/train_from_card.py datasets/digits-distilled-ipc10 ipc10 [runs]
+    python examples/train_from_card.py datasets/digits-distilled-ipc10 ipc10 [runs] [project root]
 
-None of distiller's training code: the network, optimiser, schedule, lr, augmentation, normalisation and test split
+None of distiller's training code: the network, optimiser, schedule, lr, augmentation, preprocessing and test split
 all come from the card's `distiller:` mapping, read as the typed card contract (`distiller.contract`, a module of
-plain dataclasses), and its safetensors sidecars. The source's own loader (here scikit-learn's digits, as
-`source.loader` says) supplies the real test images.
+plain dataclasses), and its safetensors sidecars. The source's own loader supplies the real test images, as
+`source.loader` and `source.test_split` say: scikit-learn's digits at the split sidecar's indices; torchvision's
+MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 test splits from the original archives in <project root>/data/raw;
+the `test` split of an `hf:` dataset; the images of an `imagefolder:` source at the split sidecar's indices.
+`distiller reproduce` does the same with a table and an exit code.
 """
 
 import math
 import random
 import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
+from PIL import Image
 from safetensors.torch import load_file
-from sklearn.datasets import load_digits
 from torch import nn
 
 from distiller.contract import Contract
 
 folder, config = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+root = Path(sys.argv[4]) if len(sys.argv) > 4 else Path(".")
 card = Contract.from_dict(DatasetCard.load(f"{folder}/README.md").data.to_dict()["distiller"])
 proto, arch, aug, budget = card.protocol, card.protocol.architecture, card.protocol.augmentation, card.budgets[config]
-if (card.source.name, card.preprocessing.kind, arch.arch, arch.input_shape) != (
-    "digits",
-    "normalize",
-    "convnet",
-    (1, 8, 8),
-):
-    sys.exit(
-        "this example rebuilds 8x8 digits sets made with `normalize` on the convnet; the card has "
-        f"{card.source.name}, {card.preprocessing.kind}, {arch.arch} on {arch.input_shape}"
-    )
+if arch.arch != "convnet":
+    sys.exit(f"this example rebuilds the ConvNet sets are distilled on; the card has {arch.arch}")
 
 cols = load_dataset(folder, config, split="train").with_format("torch")[:]
-x, y = cols["pixel_values"], cols[card.labels.train_on]  # already normalised
-mean = torch.tensor(card.preprocessing.mean).view(1, -1, 1, 1)
-std = torch.tensor(card.preprocessing.std).view(1, -1, 1, 1)
-test_idx = load_file(f"{folder}/{card.source.test_split.file}")["test_indices"]
-digits = load_digits()
-test_x = (torch.tensor(digits.images, dtype=torch.float32)[test_idx].unsqueeze(1) / 16 - mean) / std  # value / 16
-test_y = torch.tensor(digits.target)[test_idx]
+x, y = cols["pixel_values"], cols[card.labels.train_on]  # already preprocessed
+split, source = card.source.test_split, card.source.name
+indices = load_file(f"{folder}/{split.file}")[split.tensor] if split.kind == "indices" else None
+
+
+def source_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """The source's real images in [0, 1], (N, C, H, W), and labels: its test split, or all of it (then indexed)."""
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16, torch.tensor(d.target)  # value / 16
+    if source in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
+        import torchvision.datasets as tv
+
+        cls = {"mnist": tv.MNIST, "fashion-mnist": tv.FashionMNIST, "cifar10": tv.CIFAR10, "cifar100": tv.CIFAR100}
+        # download=True finds the archives already in data/raw (MD5-checked) and only unpacks them
+        ds = cls[source](str(root / "data" / "raw"), train=False, download=True)
+        pixels = torch.as_tensor(np.asarray(ds.data))
+        pixels = pixels.unsqueeze(-1) if pixels.ndim == 3 else pixels  # (N, H, W, C)
+        return pixels.permute(0, 3, 1, 2).float() / 255, torch.as_tensor(np.asarray(ds.targets))
+    if source.startswith(("hf:", "imagefolder:")):
+        if source.startswith("hf:"):
+            test = load_dataset(str(root / source[3:].split(":")[0]), split="test" if indices is None else "train")
+            image, label = next(k for k, f in test.features.items() if type(f).__name__ == "Image"), "label"
+            images, labels = test[image], test[label]
+        else:
+            dirs = sorted(d for d in (root / source[12:]).iterdir() if d.is_dir() and not d.name.startswith("."))
+            files = [
+                (f, c)
+                for c, d in enumerate(dirs)
+                for f in sorted(d.iterdir())
+                if f.suffix.lower() in (".png", ".jpg", ".jpeg")
+            ]
+            images, labels = [Image.open(f) for f, _ in files], [c for _, c in files]
+        mode, (_, h, w) = ("L" if arch.input_shape[0] == 1 else "RGB"), arch.input_shape
+        arrays = [np.asarray(im.convert(mode).resize((w, h), Image.Resampling.BILINEAR)) for im in images]
+        pixels = torch.from_numpy(np.stack(arrays)).float() / 255
+        return (pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)), torch.tensor(labels)
+    sys.exit(f"unknown source {source}")
+
+
+test_x, test_y = source_images()
+if indices is not None:
+    test_x, test_y = test_x[indices], test_y[indices]
+if tuple(test_x.shape[-2:]) != tuple(arch.input_shape[1:]):  # sources resized by data.resolution (tensor sources)
+    test_x = F.interpolate(test_x, size=arch.input_shape[1:], mode="bilinear", antialias=True).clamp(0, 1)
+if card.preprocessing.kind == "zca":  # whitened with the ZCA sidecar: (x - mean) @ matrix over C*H*W
+    zca = load_file(f"{folder}/{card.preprocessing.file}")
+    test_x = ((test_x.flatten(1) - zca["mean"]) @ zca["matrix"]).view(test_x.shape)
+else:  # normalised with the card's per-channel mean and std
+    mean = torch.tensor(card.preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.preprocessing.std).view(1, -1, 1, 1)
+    test_x = (test_x - mean) / std
 
 
 def dsa(x: torch.Tensor) -> torch.Tensor:

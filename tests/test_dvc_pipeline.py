@@ -114,3 +114,24 @@ def test_an_edited_module_makes_exactly_the_stages_that_run_it_stale(repo: Path)
     out = sh(repo, *dvc, "repro")
     assert "Running stage 'evaluate'" in out and "Running stage 'distill'" not in out
     assert "Running stage 'download'" not in out and "Running stage 'expert-buffer'" not in out
+
+
+def test_outputs_travel_through_a_dvc_remote_to_a_fresh_clone(repo: Path, tmp_path: Path):
+    """Expert buffers and every other output are shareable artifacts: `dvc push` to a remote (a local folder here),
+    then a fresh clone that `dvc pull`s them is up to date and `dvc repro` has nothing to run."""
+    dvc = [sys.executable, "-m", "dvc"]
+    sh(repo, *dvc, "repro")
+    sh(repo, *dvc, "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "pipeline run and its remote")
+    sh(repo, *dvc, "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "artifacts" / "experts").exists()  # git carries only the pointers (dvc.lock, .gitignore)
+    sh(clone, *dvc, "pull")
+    assert (clone / "artifacts" / "experts" / "manifest.json").read_bytes() == (
+        repo / "artifacts" / "experts" / "manifest.json"
+    ).read_bytes()
+    assert "up to date" in sh(clone, *dvc, "status")
+    out = sh(clone, *dvc, "repro")
+    assert "Running stage" not in out, out

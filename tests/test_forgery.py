@@ -243,7 +243,7 @@ def test_a_checkpoint_of_other_shapes_is_refused(project: Path):
 @pytest.mark.parametrize("what", ["file", "symlink"])
 def test_an_output_path_taken_by_a_file_or_link_is_replaced_leaving_nothing_behind(project: Path, tmp_path, what):
     p = params_from_dict(RAW)
-    folder = Layout(project).package_dir(p.data.source, p.distill.ipc)
+    folder = Layout(project).package_dir(p.package.folder(p.data.source, p.distill.ipc))
     shutil.rmtree(folder)
     outside = tmp_path / "outside"
     outside.mkdir()

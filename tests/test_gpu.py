@@ -32,3 +32,14 @@ def test_the_pipeline_runs_on_cuda_and_reproduces(method: str, tmp_path: Path, d
     a, b = (load_synthetic(Layout(r).synthetic)[0] for r in runs)
     assert torch.equal(a.images, b.images)
     assert all((r / "datasets" / "digits-distilled-ipc2" / "README.md").is_file() for r in runs)
+
+
+def test_checkpointed_mtt_matches_full_on_cuda(tmp_path: Path, deterministic):
+    """mtt.memory checkpoint replays the generator on the GPU too: the images of full MTT to float32 rounding."""
+    device = os.environ.get("DISTILLER_TEST_DEVICE", "cuda")
+    images = {}
+    for memory in ("full", "checkpoint"):
+        raw = {**tiny(distill={"ipc": 2}, mtt={"memory": memory, "batch_syn": 5}), "device": device}
+        root = make_project(tmp_path / memory, raw, "download", "expert-buffer", "distill")
+        images[memory] = load_synthetic(Layout(root).synthetic)[0].images
+    assert torch.allclose(images["full"], images["checkpoint"], rtol=1e-5, atol=1e-5)

@@ -99,7 +99,7 @@ def test_the_alias_bomb_is_a_real_one():
         ("evaluate.weight_decay=1e39", ["evaluate.weight_decay", "float32"]),
         ("seed=99999999999999999999999", ["seed", "64 bits"]),
         ("expert.lr=1e30", ["expert.lr must be <= 10"]),
-        ("data.source=imagefolder:../../x", ["outside datasets/"]),
+        ("package.name=../x", ["package.name", "no folder or Hub repo name"]),
         ("distill.ipc", ["must look like key=value"]),
         ("distill=3", ["distill must be a mapping"]),
     ],
@@ -256,7 +256,7 @@ def test_an_edited_checkpoint_is_refused_not_resumed(project: Path):
 @pytest.fixture
 def folder(project: Path) -> Path:
     p = params_from_dict(FINISHED)
-    return Layout(project).package_dir(p.data.source, p.distill.ipc)
+    return Layout(project).package_dir(p.package.folder(p.data.source, p.distill.ipc))
 
 
 def _card(old: str, new: str):

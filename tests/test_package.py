@@ -28,7 +28,7 @@ def _build(root: Path, **sections: dict) -> Path:
     raw = tiny(**sections)
     make_project(root, raw, *STAGES)
     p = params_from_dict(raw)
-    return Layout(root).package_dir(p.data.source, p.distill.ipc)
+    return Layout(root).package_dir(p.package.folder(p.data.source, p.distill.ipc))
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ LIVE_TOKEN = os.environ.get("HF_TOKEN", "")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = tiny(distill={"ipc": 2, "budgets": [1, 2]}, evaluate={"prefixes": True})
     root = make_project(tmp_path_factory.mktemp("pub"), raw, *STAGES)
-    return Layout(root).package_dir("digits", 2)
+    return Layout(root).package_dir("digits-distilled-ipc2")
 
 
 def fake_api(tags: tuple[str, ...] = ()):

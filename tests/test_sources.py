@@ -458,3 +458,20 @@ def test_hf_columns_of_the_wrong_kind_are_one_line(project: Path, overrides, fra
     _hf_folder(project)
     sets = [arg for o in overrides for arg in ("-S", o)]
     assert_one_line_error(download(project, "--source", "hf:hf", *sets), fragment)
+
+
+def test_a_source_named_by_a_path_packages_under_package_name(project: Path):
+    """`imagefolder:pics` cannot name a folder or a Hub repo: the package stage asks for package.name and uses it."""
+    folder = project / "pics"
+    for c in range(3):
+        (folder / f"class{c}").mkdir(parents=True)
+        for i in range(6):
+            grey(40 * c + 5 * i).save(folder / f"class{c}" / f"{i}.png")
+    sets = ["--params", str(project / "params.yaml"), "--root", str(project), "-S", "data.source=imagefolder:pics"]
+    for stage in ("download", "expert-buffer", "distill", "evaluate"):
+        result = runner.invoke(app, [stage, *sets])
+        assert result.exit_code == 0, (stage, result.output)
+    assert_one_line_error(runner.invoke(app, ["package", *sets]), "set package.name", "imagefolder:pics")
+    result = runner.invoke(app, ["package", *sets, "-S", "package.name=pics-distilled-ipc1"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["validate", str(project / "datasets" / "pics-distilled-ipc1")]).exit_code == 0

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from distiller._runtime import quiet_datasets
 from distiller.errors import DistillerError
 from distiller.params import DataParams
 from distiller.sources.raw import RawDataset, reason, unit
@@ -85,17 +86,17 @@ def load_hf(spec: str, p: DataParams, root: Path) -> RawDataset:
     """`hf:<repo_id>[:<config>]`: the train split (and test split when present) of a datasets image dataset."""
     import datasets
 
-    datasets.disable_progress_bars()  # errors are one line; the CLI shows its own progress
     repo, _, config = spec.partition(":")
     where = f"data.source hf:{spec}"
     if not repo:
         raise DistillerError(f"{where}: give a Hub dataset id or a local folder, e.g. hf:ylecun/mnist")
     local = root / repo
     try:
-        if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():  # save_to_disk folder
-            loaded = datasets.load_from_disk(str(local))
-        else:
-            loaded = datasets.load_dataset(str(local) if local.exists() else repo, config or None)
+        with quiet_datasets():  # errors are one line; the CLI shows its own progress
+            if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():  # save_to_disk folder
+                loaded = datasets.load_from_disk(str(local))
+            else:
+                loaded = datasets.load_dataset(str(local) if local.exists() else repo, config or None)
     except Exception as e:  # DatasetNotFoundError, FileNotFoundError, ConnectionError, ValueError (config), ...
         raise DistillerError(f"{where}: cannot load ({type(e).__name__}: {reason(e)})") from None
     splits = {"train": loaded} if isinstance(loaded, datasets.Dataset) else dict(loaded)
@@ -132,7 +133,8 @@ def _decoded(split: Any, column: str, where: str) -> list[Image.Image]:
     """The split's images, each decoded by `decode` (not by `datasets`, so that every file is checked alike)."""
     import datasets
 
-    rows = split.cast_column(column, datasets.Image(decode=False))[column]  # {"bytes": ..., "path": ...} per row
+    with quiet_datasets():
+        rows = split.cast_column(column, datasets.Image(decode=False))[column]  # {"bytes": ..., "path": ...} per row
     images = []
     for i, row in enumerate(rows):
         data, path = (row.get("bytes"), row.get("path")) if isinstance(row, dict) else (None, None)

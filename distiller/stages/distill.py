@@ -53,7 +53,7 @@ def _store(p: Params, layout: Layout, *inputs: object) -> Store:
 
 def _mtt(p: Params, layout: Layout, ctx: Context, buffer: ExpertBuffer) -> str:
     start = time.perf_counter()
-    syn, curves = mtt.distill(ctx, buffer, p.mtt, p.distill.ipc, p.expert.lr)
+    syn, curves = mtt.distill(ctx, buffer, p.mtt, p.distill.ipc, p.mtt.lr_init or p.expert.lr)
     # MTT distils one set at distill.ipc; its prefixes are scored and packaged at every budget only when asked
     syn = dataclasses.replace(syn, budgets=effective_budgets(p.distill))
     seconds = round(time.perf_counter() - start, 2)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
-from distiller import buffer, distributed, experts, models
+from distiller import buffer, distributed, experts, experts_hub, models
 from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
 from distiller.checkpoint import Store, fingerprint
+from distiller.errors import DistillerError
 from distiller.files import atomic_dir
 from distiller.params import Params
 from distiller.paths import Layout
-from distiller.prepared import load_prepared
+from distiller.prepared import Prepared, load_prepared
 
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
@@ -30,6 +32,8 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
                 with atomic_dir(layout.experts_dir) as out:
                     buffer.write_manifest(out, {**info, "skipped": f"distill.method is {p.distill.method}"}, [], [])
             return []
+        if p.expert.from_:
+            return _fetched(p, layout, data) if w.root else []
         what = dataclasses.replace(p.expert, checkpoint_every=0, parallel=0, nproc=1)  # not how: the same experts
         key = fingerprint(info, what, device.type)
         store = Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every) if w.root else None
@@ -47,6 +51,23 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
             buffer.write_manifest(out, info, accuracies, seals)
         store.clear()
     return accuracies
+
+
+def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
+    """`expert.from`: a published buffer, verified against this run (data hash and network), instead of training."""
+    folder = experts_hub.fetch(p.expert.from_)
+    info = experts_hub.checked_manifest(folder)
+    if info.get("dataset_hash") != data.content_hash:
+        raise DistillerError(
+            f"expert.from {p.expert.from_}: trained on other data or preprocessing ({info.get('dataset')}, hash "
+            f"{str(info.get('dataset_hash'))[:12]}), not this run's {data.source} ({data.content_hash[:12]})"
+        )
+    if info.get("architecture") != models.describe(p.model, data.image_shape, data.num_classes):
+        raise DistillerError(f"expert.from {p.expert.from_}: trained with another network than model params say")
+    with atomic_dir(layout.experts_dir) as out:
+        for name in [buffer.MANIFEST, *info["files"]]:
+            shutil.copyfile(folder / name, out / name)
+    return [float(a) for a in info["test_accuracy"]]
 
 
 def summary(accuracies: list[float]) -> str:

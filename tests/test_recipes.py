@@ -1,0 +1,104 @@
+"""Recipes: every file in recipes/ validates against the params schema, `distiller recipe list | show | use` work and
+refuse unknown or broken recipes in one line, and the accuracy benchmark's settings are the recipes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from distiller.cli import app
+from distiller.params import load_params
+from distiller.recipes import catalogue, dotted, merged
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+runner = CliRunner()
+NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def test_every_recipe_validates_and_says_where_its_values_come_from():
+    recipes = catalogue(RECIPES)
+    assert sorted(recipes) == NAMES and len(NAMES) >= 15
+    for name, r in recipes.items():
+        assert name.startswith(f"{r.about.dataset}-{r.about.method}-ipc{r.about.ipc}"), name
+        assert r.about.values and r.about.published, name  # a paper's table, or ours; a figure, or why none
+    papers = {n for n, r in recipes.items() if not r.about.values.startswith("ours")}
+    assert {"cifar10-mtt-ipc1", "cifar10-mtt-ipc10", "cifar100-mtt-ipc50", "cifar10-ratbptt-ipc10"} <= papers
+
+
+def test_recipe_list_shows_every_recipe():
+    result = runner.invoke(app, ["recipe", "list", "--root", str(ROOT)])
+    assert result.exit_code == 0, result.output
+    assert all(name in result.stdout for name in NAMES)
+
+
+def test_recipe_show_prints_the_file():
+    result = runner.invoke(app, ["recipe", "show", "cifar10-mtt-ipc1", "--root", str(ROOT)])
+    assert result.exit_code == 0 and result.stdout == (RECIPES / "cifar10-mtt-ipc1.yaml").read_text()
+
+
+def test_recipe_use_merges_into_params_yaml_keeping_the_rest(tmp_path: Path):
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 7\nevaluate:\n  num_eval: 3\n")
+    result = runner.invoke(app, ["recipe", "use", "cifar10-mtt-ipc10", "--root", str(ROOT), "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    p = load_params(params)
+    assert p.seed == 7 and p.evaluate.num_eval == 3  # the user's own values stay
+    assert (p.data.source, p.data.preprocess, p.mtt.syn_steps, p.mtt.lr_init) == ("cifar10", "zca", 30, 0.01)
+    assert "# " in params.read_text()  # rendered with every key's help
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["use", "cifar10-mtt-ipc100"], ["no recipe 'cifar10-mtt-ipc100'", "did you mean 'cifar10-mtt-ipc10'"]),
+        (["show", "nope"], ["no recipe 'nope'"]),
+    ],
+)
+def test_unknown_recipes_are_one_line(args, fragments):
+    result = runner.invoke(app, ["recipe", *args, "--root", str(ROOT)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert all(f in result.stderr for f in fragments), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (
+            lambda r: r["params"]["mtt"].update(syn_stpes=3),
+            "unknown key 'mtt.syn_stpes' (did you mean 'mtt.syn_steps'?)",
+        ),
+        (lambda r: r["params"]["mtt"].update(syn_steps=0), "mtt.syn_steps must be >= 1"),
+        (lambda r: r["about"].update(ipc=5), "about says cifar10 mtt ipc 5, its params cifar10 mtt ipc 1"),
+        (lambda r: r.update(extra=1), "exactly `about` and `params`"),
+    ],
+)
+def test_a_recipe_that_no_longer_validates_is_one_line(tmp_path: Path, edit, fragment):
+    raw = yaml.safe_load((RECIPES / "cifar10-mtt-ipc1.yaml").read_text())
+    edit(raw)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "cifar10-mtt-ipc1.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["recipe", "list", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "cifar10-mtt-ipc1.yaml" in result.stderr and fragment in result.stderr, result.stderr
+
+
+def test_dotted_and_merged_are_inverse_views():
+    overrides = {"mtt": {"syn_steps": 50, "lr_img": 100.0}, "seed": 1}
+    assert dotted(overrides) == {"mtt.syn_steps": 50, "mtt.lr_img": 100.0, "seed": 1}
+    assert merged({"mtt": {"iterations": 9}, "seed": 0}, overrides) == {
+        "mtt": {"iterations": 9, "syn_steps": 50, "lr_img": 100.0},
+        "seed": 1,
+    }
+
+
+def test_the_accuracy_benchmark_lists_the_recipes():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--list"], capture_output=True, text=True, check=True
+    )
+    assert [line.split()[0] for line in out.stdout.splitlines()] == NAMES
