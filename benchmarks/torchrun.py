@@ -4,7 +4,8 @@ are the same bytes.
 Digits with the default params (8 experts x 10 epochs; evaluate: 5 networks x 1000 epochs per set), one fresh
 project per run, each command timed alone. Two thread settings: every process with `--threads` torch threads (the
 fair split of a small machine: K processes x 1 thread against 1 x 1), and the default (`expert.nproc` hands each rank
-the launching process's thread count, so K ranks oversubscribe the cores but compute bitwise what one process does).
+the launching process's thread count, so K ranks share the cores, waiting passively, and compute bitwise what one
+process does).
 
     python benchmarks/torchrun.py                  # K = 2; appends to docs/log.md
     python benchmarks/torchrun.py --nproc 2 --no-record
@@ -37,8 +38,10 @@ def run(root: Path, stage: str, nproc: int, threads: int | None) -> float:
     return time.perf_counter() - t0
 
 
-def files(root: Path, folder: str) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / folder).rglob("*")) if p.is_file()}
+def files(root: Path, out: str) -> dict[str, bytes]:
+    """The bytes of an output file, or of every file of an output folder."""
+    paths = [root / out] if (root / out).is_file() else sorted(p for p in (root / out).rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in paths}
 
 
 def main() -> None:
@@ -61,7 +64,7 @@ def main() -> None:
                 roots[k] = Path(tmp) / f"p{k}-{threads}"
                 shutil.copytree(base, roots[k])
             seconds: dict[tuple[str, int], float] = {}
-            for stage, out in (("expert-buffer", "artifacts/experts"), ("evaluate", "metrics")):
+            for stage, out in (("expert-buffer", "artifacts/experts"), ("evaluate", "metrics/evaluate.json")):
                 for k, root in roots.items():
                     if stage == "evaluate":  # the same distilled set in both projects
                         if k == 1:

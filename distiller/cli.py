@@ -21,7 +21,7 @@ from distiller import __version__
 from distiller.cli_recipe import recipe_app
 from distiller.cli_reproduce import reproduce
 from distiller.errors import DistillerError
-from distiller.launch import LAUNCHED, in_torchrun, launch, rank
+from distiller.launch import LAUNCHED, in_torchrun, launch, rank, share_cores
 from distiller.paths import Layout
 from distiller.session import project_lock, session
 
@@ -83,6 +83,7 @@ def _stage(
 ) -> None:
     """Run the stage module `distiller.stages.<name>` and print its summary; with `expert.nproc` or `evaluate.nproc`
     above 1 (outside torchrun), as a torchrun job of that many processes (`distiller.launch`)."""
+    share_cores()  # before the stage module imports torch
     with session() as reporter:
         p = _load(params, overrides, extra)
         stage = importlib.import_module(f"distiller.stages.{name}")

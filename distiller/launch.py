@@ -30,6 +30,14 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0")) if in_torchrun() else 0
 
 
+def share_cores() -> None:
+    """In a torchrun job, before torch is imported: OpenMP threads that wait passively. Ranks that together run more
+    threads than the machine has cores (as `launch` arranges on a small CPU, for bitwise equality) would otherwise
+    spin against each other, many times slower (measured: docs/benchmarks.md); the wait policy changes no result."""
+    if in_torchrun():
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def launch(command: str, nproc: int, params: Path, overrides: list[str], root: Path) -> None:
     """Run `distiller <command>` as a torchrun job of `nproc` processes; returns when it succeeded."""
     import torch
@@ -41,7 +49,8 @@ def launch(command: str, nproc: int, params: Path, overrides: list[str], root: P
     sets = [arg for o in overrides for arg in ("-S", o)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += ["-m", "distiller", command, "--params", str(params), "--root", str(root), *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), LAUNCHED: "1"}
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "OMP_WAIT_POLICY": "PASSIVE"}  # see share_cores
+    env = {**threads, **os.environ, "OMP_NUM_THREADS": threads["OMP_NUM_THREADS"], LAUNCHED: "1"}
     errors = []
     with open(log, "w") as f, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:
