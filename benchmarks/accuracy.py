@@ -53,6 +53,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--fresh", action="store_true", help="empty the workdir first")
     ap.add_argument("--no-record", action="store_true", help="do not append to docs/log.md")
+    ap.add_argument(
+        "--package",
+        action="store_true",
+        help="also package the set, copy it to datasets/<name>/, validate it and reproduce it from its card",
+    )
+    ap.add_argument("--reproduce-runs", type=int, default=5, help="networks per config when reproducing (--package)")
     args = ap.parse_args()
     if args.list or not args.setting:
         for name, r in recipes.items():
@@ -76,8 +82,9 @@ def main() -> None:
     seconds: dict[str, float] = {}
     download = cli + ["download"] + (["--from", args.source_dir] if args.source_dir else [])
     seconds["download"] = _run(download + common, env)
-    for stage in ("expert-buffer", "distill", "evaluate"):
+    for stage in ("expert-buffer", "distill", "evaluate") + (("package",) if args.package else ()):
         seconds[stage] = _run([*cli, stage, *common], env)
+    reproduced = _publish_here(work, cli, env, args.reproduce_runs) if args.package else []
     total = sum(seconds.values())
     m = json.loads((work / "metrics" / "evaluate.json").read_text())
     acc, rnd = m["accuracy"], m["baselines"]["random_real"]
@@ -93,6 +100,11 @@ def main() -> None:
     width = max(len(k) for k in row)
     for k, v in row.items():
         print(f"{k:>{width}}  {v}")
+    budgets = [
+        f"ipc {b}: " + ", ".join(f"{k} {100 * r['mean']:.2f} +- {100 * r['std']:.2f}" for k, r in row.items())
+        for b, row in m["budgets"].items()
+    ]
+    print("\n".join(budgets + reproduced))
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     if args.no_record:
         return
@@ -103,8 +115,25 @@ def main() -> None:
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
         + ")."
         + (f" Note: {a.note}." if a.note else "")
+        + "".join(f"\n  - {line}" for line in budgets + reproduced)
     )
     record("Accuracy", line, resolve_device(args.device), threads=args.threads or None)
+
+
+def _publish_here(work: Path, cli: list[str], env: dict[str, str], runs: int) -> list[str]:
+    """Copy the packaged folder to this repository's datasets/, validate it, and reproduce it from its card."""
+    (built,) = [d for d in (work / "datasets").iterdir() if d.is_dir()]
+    folder = ROOT / "datasets" / built.name
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(built, folder)
+    _run([*cli, "validate", str(folder)], env)
+    args = [*cli, "reproduce", str(folder), "--runs", str(runs), "--root", str(work)]
+    print("$ " + " ".join(args), flush=True)
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
+    print(done.stdout + done.stderr, flush=True)
+    lines = [f"reproduced from the card ({runs} networks): {line}" for line in done.stdout.splitlines() if line]
+    return lines + ([f"reproduce exit {done.returncode}: {done.stderr.strip()}"] if done.returncode else [])
 
 
 if __name__ == "__main__":

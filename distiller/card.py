@@ -64,6 +64,11 @@ class Inputs:
 
 def read_inputs(p: Params, layout: Layout) -> Inputs:
     data = load_prepared(layout.prepared, p.data)
+    if data.held_out != "test":
+        raise DistillerError(
+            f"{layout.prepared}: scored on a validation split (data.validation), for tuning; package a run with "
+            "data.validation: 0, scored on the test split"
+        )
     syn, prov = synthetic.load(layout.synthetic, data)
     metrics = read_sealed_json(layout.evaluate_metrics, "evaluation metrics", "re-run `distiller evaluate`")
     if prov.get("dataset_hash") != data.content_hash:
@@ -134,7 +139,7 @@ def build(p: Params, inp: Inputs, layout: Layout) -> Contract:
             "augment": params.get("augment"),
         },
         source=_source(data, layout.root),
-        preprocessing=_preprocessing(data),
+        preprocessing=dataclasses.replace(_preprocessing(data), resize=_resize(data, p.data.resolution)),
         labels=Labels("soft_label", SOFT_NOTE) if soft else Labels("label", "hard labels"),
         protocol=_protocol(proto, cross),
         budgets=budgets,
@@ -182,6 +187,19 @@ def _source(data: Prepared, root: Path) -> Source:
         split = EvalSplit("canonical", len(data.test_labels), split="test")
     title, hub_id = info.get("title", data.source), info.get("hub_id", data.source)
     return Source(data.source, title, hub_id, data.content_hash, data.license, info.get("loader"), split)
+
+
+def _resize(data: Prepared, resolution: int) -> str | None:
+    """How `data.resolution` brought the source's images to the network's input size, before the preprocessing."""
+    if not resolution:
+        return None
+    side = f"{resolution}x{resolution}"
+    if data.source.startswith(("hf:", "imagefolder:")):  # decoded with PIL, resized there
+        return f"each image resized to {side} with PIL's Image.resize(({resolution}, {resolution}), BILINEAR)"
+    return (
+        f"images in [0, 1] resized to {side} with torch.nn.functional.interpolate(x, size=({resolution}, "
+        f"{resolution}), mode='bilinear', antialias=True), clamped to [0, 1]"
+    )
 
 
 def _preprocessing(data: Prepared) -> Preprocessing:

@@ -69,6 +69,7 @@ class Preprocessing:
     std: tuple[float, ...] | None = setting(None, "", gt=0)
     eps: float | None = setting(None, "zca", gt=0)
     variant: str | None = None
+    resize: str | None = None  # how source images were resized to the network's input (data.resolution), if they were
 
 
 @dataclass(frozen=True)

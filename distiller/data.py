@@ -18,9 +18,11 @@ from distiller.params import DataParams
 from distiller.prepared import Prepared, content_hash, transform
 
 
-def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stratified_split(
+    labels: torch.Tensor, test_fraction: float, seed: int, name: str = "split"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted (train, test) indices holding out round(test_fraction * n_c) images of every class c."""
-    g = generator(seed, "split")
+    g = generator(seed, name)
     train, test = [], []
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
@@ -45,7 +47,12 @@ def prepare(p: DataParams, root: Path | str = ".") -> Prepared:
         train_x, train_y = images, raw.train_labels
         test_x, test_y = resize(raw.test_images, p.resolution), raw.test_labels
         test_idx = torch.zeros(0, dtype=torch.int64)
-    _check_split(raw.classes, train_y, test_y, p, ours=raw.test_images is None)
+    held_out = "test"
+    if p.validation > 0:  # tuning: score on images carved out of the training set, never on the test split
+        keep, val = stratified_split(train_y, p.validation, p.split_seed, "validation")
+        train_x, train_y, test_x, test_y, test_idx = train_x[keep], train_y[keep], train_x[val], train_y[val], val
+        held_out = "validation"
+    _check_split(raw.classes, train_y, test_y, p, ours=raw.test_images is None or held_out == "validation")
     zca: dict[str, torch.Tensor] = {}
     if p.preprocess == "zca":
         mean, std = torch.zeros(train_x.shape[1]), torch.ones(train_x.shape[1])
@@ -70,6 +77,7 @@ def prepare(p: DataParams, root: Path | str = ".") -> Prepared:
         license=raw.license,
         content_hash=content_hash(tensors, raw.classes),
         zca_eps=p.zca_eps if zca else 0.0,
+        held_out=held_out,
         **tensors,
     )
 

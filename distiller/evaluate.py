@@ -183,5 +183,6 @@ def protocol(p: Params, data: Prepared, proto: Protocol) -> dict[str, object]:
         "num_eval": e.num_eval,
         "full_data": {"runs": e.full_data_runs, "epochs": e.full_data_epochs or proto.epochs},
         "std": "population (numpy default)",
-        "test_split": f"{len(data.test_labels)} held-out images",
+        "test_split": f"{len(data.test_labels)} held-out images"
+        + (" (a validation split carved out of the training set: tuning only)" if data.held_out != "test" else ""),
     }

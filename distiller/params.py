@@ -41,6 +41,7 @@ class DataParams:
     zca_eps: float = setting(0.1, "zca: added to the covariance eigenvalues before the inverse square root", gt=0)
     test_fraction: float = setting(0.25, "stratified hold-out share for sources without a test split", gt=0, lt=1)
     split_seed: int = setting(0, "seed of that split, apart from `seed`: every run is scored on the same images", ge=0)
+    validation: float = setting(0.0, "tuning: score on this share of train (stratified), not on test", ge=0, lt=1)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class Prepared:
     zca_matrix: torch.Tensor = field(default_factory=_empty)  # (D, D) U (S + eps)^-1/2 U^T (kornia's ZCAWhitening)
     zca_inverse: torch.Tensor = field(default_factory=_empty)  # (D, D) U (S + eps)^1/2 U^T: x = z @ inverse + mean
     zca_eps: float = 0.0
+    held_out: str = "test"  # what test_* hold: the test split, or a validation split carved out of train (tuning)
 
     @property
     def preprocess(self) -> str:
@@ -116,6 +117,8 @@ def save_prepared(data: Prepared, path: Path | str) -> None:
     names = _TENSORS + (_ZCA if data.preprocess == "zca" else ())
     if data.preprocess == "zca":
         meta["zca_eps"] = data.zca_eps
+    if data.held_out != "test":
+        meta["held_out"] = data.held_out
     save_safetensors(path, {k: getattr(data, k) for k in names}, FORMAT, FORMAT_VERSION, meta)
 
 
@@ -130,6 +133,7 @@ def load_prepared(path: Path | str, expect: DataParams | None = None) -> Prepare
             or data.preprocess != expect.preprocess
             or (expect.resolution and side != expect.resolution)
             or (data.preprocess == "zca" and data.zca_eps != expect.zca_eps)
+            or (data.held_out == "validation") != (expect.validation > 0)
         ):
             raise DistillerError(
                 f"{path}: prepared from {data.source} ({data.preprocess}, {data.image_shape}), not as data params say "
@@ -151,5 +155,6 @@ def _load(path: Path | str) -> Prepared:
         license=meta["license"],
         content_hash=meta["content_hash"],
         zca_eps=float(meta.get("zca_eps", 0.0)),
+        held_out=str(meta.get("held_out", "test")),
         **{k: tensors[k] for k in names},
     )

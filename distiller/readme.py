@@ -183,9 +183,10 @@ def _preprocessing(c: Contract) -> str:
     else:
         mean, std = list(pre.mean or ()), list(pre.std or ())
         how = f"then `(x - mean) / std` with mean {mean} and std {std} (also in `{NORMALIZATION}`)"
+    resized = f"{pre.resize}, " if pre.resize else ""
     return (
-        f"Preprocessing: pixels scaled to [0, 1] ({pre.pixel_scale}), {how}; put real test images through the same "
-        "transform."
+        f"Preprocessing: pixels scaled to [0, 1] ({pre.pixel_scale}), {resized}{how}; put real test images through "
+        "the same transform."
     )
 
 

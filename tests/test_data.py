@@ -137,3 +137,26 @@ def test_zca_file_round_trips_and_the_hash_covers_the_transform(zca, digits, tmp
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(DistillerError, match="content hash mismatch"):
         load_prepared(path)
+
+
+def test_a_validation_split_is_carved_out_of_train_and_never_packaged(digits, tmp_path):
+    """data.validation: tuning scores on images held out of the training set, never on the test split; such a run
+    is refused by the package stage."""
+    import dataclasses
+
+    from helpers import STAGES, make_project, tiny
+    from typer.testing import CliRunner
+
+    from distiller.cli import app
+    from distiller.params import Params
+    from distiller.prepared import to_unit
+
+    tuned = prepare(dataclasses.replace(Params().data, validation=0.2))
+    assert tuned.held_out == "validation"
+    assert len(tuned.train_labels) + len(tuned.test_labels) == len(digits.train_labels)
+    rows = lambda x, data: {tuple(r) for r in (to_unit(x, data) * 16).round().flatten(1).int().tolist()}  # value/16
+    assert rows(tuned.test_images, tuned) <= rows(digits.train_images, digits)  # carved out of train, not test
+    assert torch.bincount(tuned.test_labels).min() > 0
+    root = make_project(tmp_path, tiny(data={"validation": 0.2}), *STAGES[:-1])
+    result = CliRunner().invoke(app, ["package", "--params", str(root / "params.yaml"), "--root", str(root)])
+    assert result.exit_code == 2 and "validation split" in result.stderr, result.output
