@@ -63,18 +63,37 @@ def _shift_mean(d: dict) -> None:
     d["distiller"]["preprocessing"]["mean"] = [m + 3 for m in d["distiller"]["preprocessing"]["mean"]]
 
 
-@pytest.mark.parametrize("corrupt", [_scale_lr, _shift_mean], ids=["lr", "preprocessing mean"])
-def test_a_corrupted_card_does_not_reproduce_and_names_the_config(digits_folder, tmp_path: Path, corrupt):
-    folder, root = digits_folder
+def _nudge(key: str, by: float):
+    def nudge(d: dict) -> None:  # a shift an instance-normalised ConvNet would barely notice in its accuracy
+        d["distiller"]["preprocessing"][key] = [m + by for m in d["distiller"]["preprocessing"][key]]
+
+    return nudge
+
+
+def _corrupted(folder: Path, tmp_path: Path, corrupt) -> Path:
     copy = tmp_path / folder.name
     shutil.copytree(folder, copy)
     _, front, body = (copy / "README.md").read_text().split("---\n", 2)
     card = yaml.safe_load(front)
     corrupt(card)
     (copy / "README.md").write_text(f"---\n{yaml.safe_dump(card, sort_keys=False)}---\n{body}")
-    result = reproduce(copy, root)
+    return copy
+
+
+def test_a_corrupted_lr_does_not_reproduce_and_names_the_config(digits_folder, tmp_path: Path):
+    folder, root = digits_folder
+    result = reproduce(_corrupted(folder, tmp_path, _scale_lr), root)
     assert result.exit_code == 2, result.output
     assert "ipc10: more than" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("corrupt", [_shift_mean, _nudge("mean", 0.01), _nudge("std", 0.01)], ids=["+3", "mean", "std"])
+def test_a_corrupted_normalisation_is_named_before_any_training(digits_folder, tmp_path: Path, corrupt):
+    folder, root = digits_folder
+    result = reproduce(_corrupted(folder, tmp_path, corrupt), root)
+    assert result.exit_code == 2, result.output
+    assert "the card's preprocessing" in result.stderr and "training split's" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "measured" not in result.stdout
 
 
 def test_a_zca_set_reproduces(tmp_path: Path):
