@@ -32,6 +32,13 @@ def describe(source: str, root: Path | str = ".") -> dict[str, str]:
     return {}
 
 
+# MNIST and Fashion-MNIST: what a consumer reads to rebuild the test set without distiller
+IDX = (
+    "the original IDX archives (train: train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz; test: "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), checked against torchvision's MD5s: uint8 (N, 28, 28), "
+    "value / 255, not padded; the arrays of torchvision.datasets.{cls}(root, train=True/False)"
+)
+
 CARD: dict[str, dict[str, str]] = {
     "digits": {
         "hub_id": "sklearn-digits",
@@ -42,13 +49,13 @@ CARD: dict[str, dict[str, str]] = {
     "mnist": {
         "hub_id": "ylecun/mnist",
         "title": "MNIST (hand-written digits, 28x28 grey)",
-        "loader": "torchvision.datasets.MNIST(root, train=True/False): uint8 (N, 28, 28), value / 255",
+        "loader": IDX.format(cls="MNIST"),
         "homepage": "https://yann.lecun.com/exdb/mnist/",
     },
     "fashion-mnist": {
         "hub_id": "zalando-datasets/fashion_mnist",
         "title": "Fashion-MNIST (Zalando article images, 28x28 grey)",
-        "loader": "torchvision.datasets.FashionMNIST(root, train=True/False): uint8 (N, 28, 28), value / 255",
+        "loader": IDX.format(cls="FashionMNIST"),
         "homepage": "https://github.com/zalandoresearch/fashion-mnist",
     },
     "cifar10": {
