@@ -66,6 +66,7 @@ def test_set(c: Contract, folder: Path, root: Path) -> tuple[torch.Tensor, torch
     from distiller.sources import load
 
     _, h, w = c.protocol.architecture.input_shape
+    root = root.resolve()  # data.root is resolved against root again: a relative --root would be doubled
     raw = load(DataParams(source=c.source.name, root=str(root / "data" / "raw"), resolution=h if h == w else 0), root)
     split = c.source.test_split
     train = raw.train_images

@@ -128,7 +128,8 @@ def test_an_mnist_format_set_reproduces_from_its_archives(tmp_path: Path, monkey
     archives.import_archives("mnist", tmp_path / "incoming", tmp_path / "data" / "raw")
     raw = tiny(**LEARNABLE, data={"source": "mnist", "resolution": 8})
     folder = package(tmp_path, raw)
-    result = reproduce(folder, tmp_path)
+    monkeypatch.chdir(tmp_path.parent)  # --root relative to the working directory, as a user types it
+    result = reproduce(folder, Path(tmp_path.name))
     assert result.exit_code == 0, result.output
 
 
