@@ -86,8 +86,7 @@ def test_set(c: Contract, folder: Path, root: Path) -> tuple[torch.Tensor, torch
         t = load_safetensors(folder / pre.file, "distiller.zca", "1", "ZCA sidecar")[0]
         return (x.flatten(1) - t["mean"]).mm(t["matrix"]).view(x.shape), y
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (pre.mean or (), pre.std or ()))
-    if pre.kind == "normalize":
-        check_normalisation(c, mean.flatten(), std.flatten(), resize(train, h))
+    check_normalisation(c, mean.flatten(), std.flatten(), resize(train, h))
     return (x - mean) / std, y
 
 
