@@ -1,8 +1,10 @@
 """Recipes: every file in recipes/ validates against the params schema, `distiller recipe list | show | use` work and
-refuse unknown or broken recipes in one line, and the accuracy benchmark's settings are the recipes."""
+refuse unknown or broken recipes in one line, the accuracy benchmark's settings are the recipes, and the tuning
+benchmark scores on a validation split."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,40 @@ def test_the_accuracy_benchmark_lists_the_recipes():
         [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), "--list"], capture_output=True, text=True, check=True
     )
     assert [line.split()[0] for line in out.stdout.splitlines()] == NAMES
+
+
+@pytest.mark.slow
+def test_the_tuning_benchmark_scores_on_a_validation_split_and_reuses_the_experts(tmp_path: Path):
+    tiny = {
+        "expert.num_experts": 1,
+        "expert.epochs": 2,
+        "mtt.max_start_epoch": 1,
+        "mtt.expert_epochs": 1,
+        "mtt.iterations": 2,
+        "mtt.syn_steps": 3,
+        "evaluate.num_eval": 1,
+        "evaluate.epochs": 3,
+        "evaluate.full_data_runs": 0,
+    }
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "tune.py"), "digits-mtt-ipc1", "--key", "mtt.lr_img"]
+    cmd += [
+        "--values",
+        "100,1000,10000",
+        "--parallel",
+        "2",
+        "--threads",
+        "1",
+        "--no-record",
+        "--workdir",
+        str(tmp_path),
+    ]
+    cmd += [a for k, v in tiny.items() for a in ("-S", f"{k}={v}")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| 1")]
+    assert rows == ["100", "1000", "10000"]
+    for value in ("100", "1000", "10000"):
+        metrics = json.loads((tmp_path / value / "metrics" / "evaluate.json").read_text())
+        assert "validation split" in metrics["protocol"]["test_split"]
+    trained = (tmp_path / "100" / "artifacts" / "experts" / "manifest.json").read_bytes()
+    assert (tmp_path / "10000" / "artifacts" / "experts" / "manifest.json").read_bytes() == trained

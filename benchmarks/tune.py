@@ -1,0 +1,77 @@
+"""Tune one setting of a recipe on a validation split carved out of the training set, never on the test split.
+
+    python benchmarks/tune.py fashion-mnist-mtt-ipc1-reduced --from ../shared/data/fashion-mnist \\
+        --key mtt.lr_img --values 100,1000,10000 -S mtt.iterations=150 -S expert.num_experts=2
+
+Each value runs the recipe through `benchmarks/accuracy.py` in its own folder (`runs/tune-<recipe>/<value>`) with
+`data.validation` set (default 0.1: a stratified tenth of the training images is held out, and the networks are
+scored on it). MTT's experts are trained once, on the first value's split, and reused by the others through
+`expert.from` (the same images, the same network), unless the key is one they depend on. Prints one row per
+value (validation accuracy, mean +- std over `evaluate.num_eval` networks, and minutes) and records the table in
+docs/log.md. The test images are never scored on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from record import record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("setting", metavar="RECIPE")
+    ap.add_argument("--key", required=True, help="the dotted param to sweep, e.g. mtt.lr_img")
+    ap.add_argument("--values", required=True, help="comma-separated values, read as YAML (100,1e3,true)")
+    ap.add_argument("--validation", type=float, default=0.1, help="share of the training images held out")
+    ap.add_argument("--from", dest="source_dir", help="folder with the source's original archives (offline)")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--workdir", help="folder of the runs, one subfolder per value (default runs/tune-<recipe>)")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once after the first (give each --threads 1)")
+    ap.add_argument("--no-record", action="store_true", help="do not append to docs/log.md")
+    args = ap.parse_args()
+    if not 0 < args.validation < 1:
+        sys.exit("--validation: a share of the training images, strictly between 0 and 1")
+    values = [v.strip() for v in args.values.split(",") if v.strip()]
+    base = Path(args.workdir or ROOT / "runs" / f"tune-{args.setting}").resolve()
+    reuse = not args.key.startswith(("data.", "model.", "augment.", "expert.", "seed"))  # what the experts depend on
+
+    def launch(value: str, experts: Path | None) -> tuple[subprocess.Popen[bytes], float]:
+        sets = [*args.overrides, f"data.validation={args.validation}", f"{args.key}={value}"]
+        sets += [f"expert.from={experts}"] if experts is not None else []
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), args.setting, "--workdir", str(base / value)]
+        cmd += ["--fresh", "--no-record", "--threads", str(args.threads)]
+        cmd += (["--from", args.source_dir] if args.source_dir else []) + [a for kv in sets for a in ("-S", kv)]
+        return subprocess.Popen(cmd, cwd=ROOT), time.perf_counter()
+
+    def row(value: str, job: subprocess.Popen[bytes], t0: float) -> str:
+        if job.wait() != 0:
+            sys.exit(f"{args.key}={value}: the run failed (its output is above)")
+        acc = json.loads((base / value / "metrics" / "evaluate.json").read_text())["accuracy"]
+        return (
+            f"| {value} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | {(time.perf_counter() - t0) / 60:.1f} |"
+        )
+
+    rows = [row(values[0], *launch(values[0], None))]  # the first run trains the experts the others reuse
+    experts = base / values[0] / "artifacts" / "experts" if reuse else None
+    for i in range(1, len(values), args.parallel):
+        chunk = values[i : i + args.parallel]
+        jobs = [launch(v, experts) for v in chunk]
+        rows += [row(v, *job) for v, job in zip(chunk, jobs, strict=True)]
+    held = f"Held out: a stratified {args.validation:g} of the training images; the test split was not scored on."
+    table = "\n".join([f"| {args.key} | validation accuracy (%) | minutes |", "| --- | --- | --- |", *rows, "", held])
+    print(table)
+    if not args.no_record:
+        record(f"Tuning `{args.setting}` on a validation split", table, threads=args.threads or None)
+
+
+if __name__ == "__main__":
+    main()
