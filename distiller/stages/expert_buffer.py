@@ -73,4 +73,4 @@ def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
 def summary(accuracies: list[float]) -> str:
     if not accuracies:
         return "no experts needed for distill.method ratbptt: wrote an empty buffer"
-    return f"{len(accuracies)} experts, final test accuracy {min(accuracies):.2%} .. {max(accuracies):.2%}"
+    return f"{len(accuracies)} experts, final held-out accuracy {min(accuracies):.2%} .. {max(accuracies):.2%}"
