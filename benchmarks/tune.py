@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from record import record
@@ -44,28 +45,24 @@ def main() -> None:
     base = Path(args.workdir or ROOT / "runs" / f"tune-{args.setting}").resolve()
     reuse = not args.key.startswith(("data.", "model.", "augment.", "expert.", "seed"))  # what the experts depend on
 
-    def launch(value: str, experts: Path | None) -> tuple[subprocess.Popen[bytes], float]:
+    def run(value: str, experts: Path | None) -> str:
+        """One value's run, start to end; its table row (validation accuracy and its own minutes)."""
         sets = [*args.overrides, f"data.validation={args.validation}", f"{args.key}={value}"]
         sets += [f"expert.from={experts}"] if experts is not None else []
         cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy.py"), args.setting, "--workdir", str(base / value)]
         cmd += ["--fresh", "--no-record", "--threads", str(args.threads)]
         cmd += (["--from", args.source_dir] if args.source_dir else []) + [a for kv in sets for a in ("-S", kv)]
-        return subprocess.Popen(cmd, cwd=ROOT), time.perf_counter()
-
-    def row(value: str, job: subprocess.Popen[bytes], t0: float) -> str:
-        if job.wait() != 0:
-            sys.exit(f"{args.key}={value}: the run failed (its output is above)")
+        t0 = time.perf_counter()
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            raise SystemExit(f"{args.key}={value}: the run failed (its output is above)")
+        minutes = (time.perf_counter() - t0) / 60
         acc = json.loads((base / value / "metrics" / "evaluate.json").read_text())["accuracy"]
-        return (
-            f"| {value} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | {(time.perf_counter() - t0) / 60:.1f} |"
-        )
+        return f"| {value} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | {minutes:.1f} |"
 
-    rows = [row(values[0], *launch(values[0], None))]  # the first run trains the experts the others reuse
+    rows = [run(values[0], None)]  # the first run trains the experts the others reuse
     experts = base / values[0] / "artifacts" / "experts" if reuse else None
-    for i in range(1, len(values), args.parallel):
-        chunk = values[i : i + args.parallel]
-        jobs = [launch(v, experts) for v in chunk]
-        rows += [row(v, *job) for v, job in zip(chunk, jobs, strict=True)]
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        rows += list(pool.map(lambda v: run(v, experts), values[1:]))
     held = f"Held out: a stratified {args.validation:g} of the training images; the test split was not scored on."
     table = "\n".join([f"| {args.key} | validation accuracy (%) | minutes |", "| --- | --- | --- |", *rows, "", held])
     print(table)

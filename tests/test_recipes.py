@@ -120,17 +120,8 @@ def test_the_tuning_benchmark_scores_on_a_validation_split_and_reuses_the_expert
         "evaluate.full_data_runs": 0,
     }
     cmd = [sys.executable, str(ROOT / "benchmarks" / "tune.py"), "digits-mtt-ipc1", "--key", "mtt.lr_img"]
-    cmd += [
-        "--values",
-        "100,1000,10000",
-        "--parallel",
-        "2",
-        "--threads",
-        "1",
-        "--no-record",
-        "--workdir",
-        str(tmp_path),
-    ]
+    cmd += ["--values", "100,1000,10000", "--parallel", "2", "--threads", "1", "--no-record"]
+    cmd += ["--workdir", str(tmp_path)]
     cmd += [a for k, v in tiny.items() for a in ("-S", f"{k}={v}")]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
