@@ -6,9 +6,10 @@
 Each value runs the recipe through `benchmarks/accuracy.py` in its own folder (`runs/tune-<recipe>/<value>`) with
 `data.validation` set (default 0.1: a stratified tenth of the training images is held out, and the networks are
 scored on it). MTT's experts are trained once, on the first value's split, and reused by the others through
-`expert.from` (the same images, the same network), unless the key is one they depend on. Prints one row per
-value (validation accuracy, mean +- std over `evaluate.num_eval` networks, and minutes) and records the table in
-docs/log.md. The test images are never scored on.
+`expert.from` (the same images, the same network), unless the key is one they depend on. With no experts to train
+(RaT-BPTT, or `expert.from` given) no run has to go first: the values run `--parallel` at a time from the start.
+Prints one row per value (validation accuracy, mean +- std over `evaluate.num_eval` networks, and minutes) and
+records the table in docs/log.md. The test images are never scored on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from record import record
 
+from distiller.recipes import catalogue
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +39,12 @@ def main() -> None:
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--workdir", help="folder of the runs, one subfolder per value (default runs/tune-<recipe>)")
-    ap.add_argument("--parallel", type=int, default=1, help="runs at once after the first (give each --threads 1)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs at once (after the first, if it trains the experts); give each --threads 1",
+    )
     ap.add_argument("--no-record", action="store_true", help="do not append to docs/log.md")
     args = ap.parse_args()
     if not 0 < args.validation < 1:
@@ -44,6 +52,12 @@ def main() -> None:
     values = [v.strip() for v in args.values.split(",") if v.strip()]
     base = Path(args.workdir or ROOT / "runs" / f"tune-{args.setting}").resolve()
     reuse = not args.key.startswith(("data.", "model.", "augment.", "expert.", "seed"))  # what the experts depend on
+    sets = {kv.split("=", 1)[0]: kv.split("=", 1)[1] for kv in args.overrides if "=" in kv}
+    recipes = catalogue(ROOT / "recipes")
+    if args.setting not in recipes:
+        sys.exit(f"no recipe '{args.setting}' in recipes/ (benchmarks/accuracy.py --list names them)")
+    method = sets.get("distill.method", recipes[args.setting].about.method).strip("\"'")
+    trains_experts = method == "mtt" and "expert.from" not in sets
 
     def run(value: str, experts: Path | None) -> str:
         """One value's run, start to end; its table row (validation accuracy and its own minutes)."""
@@ -59,10 +73,10 @@ def main() -> None:
         acc = json.loads((base / value / "metrics" / "evaluate.json").read_text())["accuracy"]
         return f"| {value} | {100 * acc['mean']:.2f} +- {100 * acc['std']:.2f} | {minutes:.1f} |"
 
-    rows = [run(values[0], None)]  # the first run trains the experts the others reuse
-    experts = base / values[0] / "artifacts" / "experts" if reuse else None
+    first = [run(values[0], None)] if trains_experts else []  # the first run trains the experts the others reuse
+    experts = base / values[0] / "artifacts" / "experts" if trains_experts and reuse else None
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        rows += list(pool.map(lambda v: run(v, experts), values[1:]))
+        rows = first + list(pool.map(lambda v: run(v, experts), values[len(first) :]))
     held = f"Held out: a stratified {args.validation:g} of the training images; the test split was not scored on."
     table = "\n".join([f"| {args.key} | validation accuracy (%) | minutes |", "| --- | --- | --- |", *rows, "", held])
     print(table)

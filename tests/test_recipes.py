@@ -132,3 +132,25 @@ def test_the_tuning_benchmark_scores_on_a_validation_split_and_reuses_the_expert
         assert "validation split" in metrics["protocol"]["test_split"]
     trained = (tmp_path / "100" / "artifacts" / "experts" / "manifest.json").read_bytes()
     assert (tmp_path / "10000" / "artifacts" / "experts" / "manifest.json").read_bytes() == trained
+
+
+@pytest.mark.slow
+def test_the_tuning_benchmark_starts_every_value_at_once_when_there_are_no_experts_to_train(tmp_path: Path):
+    tiny = {
+        "distill.ipc": 1,
+        "distill.budgets": "[1]",
+        "ratbptt.iterations": 2,
+        "evaluate.num_eval": 1,
+        "evaluate.ratbptt_epochs": 3,
+        "evaluate.full_data_runs": 0,
+    }
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "tune.py"), "digits-ratbptt-ipc10", "--key", "ratbptt.outer_lr"]
+    cmd += ["--values", "0.001,0.01", "--parallel", "2", "--threads", "1", "--no-record", "--workdir", str(tmp_path)]
+    cmd += [a for k, v in tiny.items() for a in ("-S", f"{k}={v}")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| 0.0")]
+    assert rows == ["0.001", "0.01"]
+    first_done = (tmp_path / "0.001" / "metrics" / "evaluate.json").stat().st_mtime
+    second_started = min(f.stat().st_mtime for f in (tmp_path / "0.01").rglob("*") if f.is_file())
+    assert second_started < first_done  # the second value did not wait for the first
