@@ -24,7 +24,10 @@ from pathlib import Path
 
 from record import record
 
-from distiller.recipes import catalogue
+from distiller.config import parse_override
+from distiller.errors import DistillerError
+from distiller.params import load_params
+from distiller.recipes import catalogue, dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,12 +55,15 @@ def main() -> None:
     values = [v.strip() for v in args.values.split(",") if v.strip()]
     base = Path(args.workdir or ROOT / "runs" / f"tune-{args.setting}").resolve()
     reuse = not args.key.startswith(("data.", "model.", "augment.", "expert.", "seed"))  # what the experts depend on
-    sets = {kv.split("=", 1)[0]: kv.split("=", 1)[1] for kv in args.overrides if "=" in kv}
     recipes = catalogue(ROOT / "recipes")
     if args.setting not in recipes:
         sys.exit(f"no recipe '{args.setting}' in recipes/ (benchmarks/accuracy.py --list names them)")
-    method = sets.get("distill.method", recipes[args.setting].about.method).strip("\"'")
-    trains_experts = method == "mtt" and "expert.from" not in sets
+    try:  # the params every value's run shares, read as the CLI reads them
+        sets = dotted(recipes[args.setting].overrides) | dict(parse_override(kv) for kv in args.overrides)
+        p = load_params(ROOT / "params.yaml", sets)
+    except DistillerError as e:
+        sys.exit(str(e))
+    trains_experts = p.distill.method == "mtt" and not p.expert.from_
 
     def run(value: str, experts: Path | None) -> str:
         """One value's run, start to end; its table row (validation accuracy and its own minutes)."""
