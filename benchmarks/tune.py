@@ -6,7 +6,8 @@
 Each value runs the recipe through `benchmarks/accuracy.py` in its own folder (`runs/tune-<recipe>/<value>`) with
 `data.validation` set (default 0.1: a stratified tenth of the training images is held out, and the networks are
 scored on it). MTT's experts are trained once, on the first value's split, and reused by the others through
-`expert.from` (the same images, the same network), unless the key is one they depend on. With no experts to train
+`expert.from` (the same images, the same network), unless the key is one they depend on (a param that dvc.yaml lists
+for the download or expert-buffer stage). With no experts to train
 (RaT-BPTT, or `expert.from` given) no run has to go first: the values run `--parallel` at a time from the start.
 Prints one row per value (validation accuracy, mean +- std over `evaluate.num_eval` networks, and minutes) and
 records the table in docs/log.md. The test images are never scored on.
@@ -22,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
 from record import record
 
 from distiller.config import parse_override
@@ -54,7 +56,7 @@ def main() -> None:
         sys.exit("--validation: a share of the training images, strictly between 0 and 1")
     values = [v.strip() for v in args.values.split(",") if v.strip()]
     base = Path(args.workdir or ROOT / "runs" / f"tune-{args.setting}").resolve()
-    reuse = not args.key.startswith(("data.", "model.", "augment.", "expert.", "seed"))  # what the experts depend on
+    reuse = reuses_experts(args.key)
     recipes = catalogue(ROOT / "recipes")
     if args.setting not in recipes:
         sys.exit(f"no recipe '{args.setting}' in recipes/ (benchmarks/accuracy.py --list names them)")
@@ -88,6 +90,14 @@ def main() -> None:
     print(table)
     if not args.no_record:
         record(f"Tuning `{args.setting}` on a validation split", table, threads=args.threads or None)
+
+
+def reuses_experts(key: str) -> bool:
+    """Whether the experts stay the same when `key` changes: it is none of the params dvc.yaml lists for the stages
+    that make them (the images and the buffer), but says how a stage runs or what a later stage does."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    made_from = [*stages["download"]["params"], *stages["expert-buffer"]["params"]]
+    return not any(key == k or key.startswith(f"{k}.") for k in made_from)
 
 
 if __name__ == "__main__":

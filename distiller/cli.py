@@ -81,8 +81,9 @@ def _stage(
     extra: dict[str, Any] | None = None,
     **options: Any,
 ) -> None:
-    """Run the stage module `distiller.stages.<name>` and print its summary; with `expert.nproc` or `evaluate.nproc`
-    above 1 (outside torchrun), as a torchrun job of that many processes (`distiller.launch`)."""
+    """Run the stage module `distiller.stages.<name>` and print its summary; with `expert.nproc`, `distill.nproc`
+    (RaT-BPTT) or `evaluate.nproc` above 1 (outside torchrun), as a torchrun job of that many processes
+    (`distiller.launch`)."""
     share_cores()  # before the stage module imports torch
     with session() as reporter:
         p = _load(params, overrides, extra)
@@ -92,7 +93,8 @@ def _stage(
         layout = Layout(root)
         locked = rank() == 0 and LAUNCHED not in os.environ  # the launcher, or rank 0 of a plain torchrun, holds it
         with project_lock(layout.lock) if locked else contextlib.nullcontext():
-            nproc = {"expert_buffer": p.expert.nproc, "evaluate": p.evaluate.nproc}.get(name, 1)
+            distill = p.distill.nproc if p.distill.method == "ratbptt" else 1  # an MTT run is one unit of work
+            nproc = {"expert_buffer": p.expert.nproc, "distill": distill, "evaluate": p.evaluate.nproc}.get(name, 1)
             if nproc > 1 and not in_torchrun():
                 launch(name.replace("_", "-"), nproc, params, overrides or [], root)
                 return  # rank 0 printed the summary

@@ -1,13 +1,16 @@
-"""Scale-out with torch.distributed: the experts, or the evaluation networks, shared out over a torchrun job.
+"""Scale-out with torch.distributed: the experts, RaT-BPTT's direct references, or the evaluation networks, shared
+out over a torchrun job.
 
-`torchrun --nproc-per-node K -m distiller expert-buffer` (or `evaluate`) starts K copies of the command, the ranks of
-one process group: gloo on the CPU, NCCL with one GPU per rank on CUDA, several machines through torchrun's rendezvous
-(`--nnodes`, `--rdzv-endpoint`). The work is a list of units (an expert; one network of one evaluated set), each a
-function of its index and the seed alone. Rank r takes units r, r + K, r + 2K, ... (`World.share`); rank 0 gathers
-the results (`to_root`, `sum_to_all`) and writes every output, so the outputs do not depend on K.
+`torchrun --nproc-per-node K -m distiller expert-buffer` (or `distill`, or `evaluate`) starts K copies of the
+command, the ranks of one process group: gloo on the CPU, NCCL with one GPU per rank on CUDA, several machines through
+torchrun's rendezvous (`--nnodes`, `--rdzv-endpoint`). The work is a list of units (an expert; one network of one
+evaluated set), each a function of its index and the seed alone. Rank r takes units r, r + K, r + 2K, ...
+(`World.share`); rank 0 gathers the results (`to_root`, `sum_to_all`) and writes every output, so the outputs do not
+depend on K. The distill stage's units are whole runs: rank 0 boosts, the others share the direct references
+(`distiller.boost`, `objects_to_root`).
 
-`expert.nproc` and `evaluate.nproc` make `distiller <stage>` start such a job on this machine itself (`launch`), which
-is how `dvc repro` uses it: still one command per stage.
+`expert.nproc`, `distill.nproc` and `evaluate.nproc` make `distiller <stage>` start such a job on this machine itself
+(`launch`), which is how `dvc repro` uses it: still one command per stage.
 
 On the CPU the last bits of a float sum depend on how many threads share it, so bitwise equality with a single
 process needs the same intra-op thread count in every process: `launch` gives each rank the thread count of the
@@ -18,10 +21,11 @@ sets 1 when it is unset). A lost rank is one line: what was finished is kept, an
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -58,9 +62,10 @@ SINGLE = World()  # a process on its own
 
 
 @contextlib.contextmanager
-def world(device: torch.device) -> Iterator[World]:
+def world(device: torch.device, timeout: datetime.timedelta | None = None) -> Iterator[World]:
     """The job this process belongs to, its process group set up for the block (gloo on the CPU, NCCL on CUDA) and
-    torn down after; a single process outside torchrun."""
+    torn down after; a single process outside torchrun. `timeout`: how long a collective waits for the other ranks
+    (torch's default, 30 minutes for gloo, unless given); a rank that dies is noticed at once either way."""
     if not in_torchrun():
         yield SINGLE
         return
@@ -68,7 +73,7 @@ def world(device: torch.device) -> Iterator[World]:
     if device.type == "cuda":
         torch.cuda.set_device(w.local_rank)
     with guarded():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     try:
         yield w
     finally:
@@ -119,6 +124,16 @@ def to_root(w: World, mine: torch.Tensor | None, senders: Sequence[int], numel: 
                 dist.recv(buf, src=rank)
                 got.append(buf.cpu())
     return got
+
+
+def objects_to_root(w: World, mine: Any) -> list[Any]:
+    """Every rank's picklable `mine` (CPU tensors, lists, numbers), on rank 0 in rank order; the others get []."""
+    if w.size == 1:
+        return [mine]
+    got: list[Any] | None = [None] * w.size if w.root else None
+    with guarded():
+        dist.gather_object(mine, got, dst=0)
+    return got or []
 
 
 def sum_to_all(w: World, values: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`expert.nproc` and `evaluate.nproc`: a stage command that runs as a torchrun job on this machine.
+"""`expert.nproc`, `distill.nproc` and `evaluate.nproc`: a stage command that runs as a torchrun job on this machine.
 
 `distiller expert-buffer` with `expert.nproc: K` runs `python -m torch.distributed.run --standalone --nproc-per-node K
 -m distiller expert-buffer` with the same params, overrides and root, and waits for it, so `dvc repro` keeps one

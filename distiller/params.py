@@ -99,6 +99,7 @@ class DistillParams:
         (1, 2, 5, 10), "nested: the first k per class form the budget-k set; ipc is last"
     )
     checkpoint_every: int = setting(25, "outer iterations between checkpoints (0: none); a rerun resumes", ge=0)
+    nproc: int = setting(1, "RaT-BPTT: processes (the references beside the boosting; torchrun); the same set", ge=1)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ weight decay and DSA (implemented here from the card's constants, not by `distil
 otherwise hide itself), the labels to train on, the preprocessing (the card's mean and std, or the ZCA sidecar) and
 the test images (the source's canonical test split, or the indices of the split sidecar). Only the reading of the
 source's files is shared with `download` (`distiller.sources`). A Hub repo id is fetched at `revision` first.
+Before any training, the preprocessing is checked against the training split it claims to come from: the mean and
+std recomputed, or the ZCA transform fitted again with the card's eps (`fit_zca`, shared with `download`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def test_set(c: Contract, folder: Path, root: Path) -> tuple[torch.Tensor, torch
     pre = c.preprocessing
     if pre.kind == "zca":
         t = load_safetensors(folder / pre.file, "distiller.zca", "1", "ZCA sidecar")[0]
+        check_zca(c, folder / pre.file, t, resize(train, h))
         return (x.flatten(1) - t["mean"]).mm(t["matrix"]).view(x.shape), y
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in (pre.mean or (), pre.std or ()))
     check_normalisation(c, mean.flatten(), std.flatten(), resize(train, h))
@@ -99,6 +102,21 @@ def check_normalisation(c: Contract, mean: torch.Tensor, std: torch.Tensor, trai
             raise DistillerError(
                 f"{c.source.name}: the card's preprocessing {name} {card.tolist()} is not its training split's "
                 f"({found}): the card is wrong, or this is not the source it was made from"
+            )
+
+
+def check_zca(c: Contract, path: Path, sidecar: dict[str, torch.Tensor], train: torch.Tensor) -> None:
+    """The ZCA sidecar is the transform of the training split (fitted again here with the card's eps), not one fitted
+    on other images: like a wrong mean, a wrong whitening would cost a ConvNet too little to show in its accuracy."""
+    from distiller.data import fit_zca
+
+    fitted = fit_zca(train, c.preprocessing.eps or 0.0)
+    for name in ("mean", "matrix"):
+        mine, real = sidecar[name].double(), fitted[f"zca_{name}"].double()
+        if mine.shape != real.shape or (mine - real).abs().max() > 1e-3 * real.abs().max():
+            raise DistillerError(
+                f"{path}: the ZCA {name} is not that of {c.source.name}'s training split (fitted again with eps "
+                f"{c.preprocessing.eps}): the sidecar is wrong, or this is not the source it was made from"
             )
 
 

@@ -16,12 +16,19 @@ import pytest
 import torch
 from helpers import make_project, tiny
 
+from distiller.boost import reference_share
 from distiller.distributed import SINGLE, World
 from distiller.paths import Layout
+from distiller.synthetic import load as load_synthetic
 
 pytestmark = pytest.mark.integration
 RAW = tiny(expert={"num_experts": 3, "epochs": 2}, distill={"ipc": 2, "budgets": [1]}, evaluate={"prefixes": True})
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the thread count of every process, ranks and reference alike
+BOOST = tiny(
+    distill={"method": "ratbptt", "ipc": 4, "budgets": [1, 2, 3, 4]},
+    ratbptt={"iterations": 4},
+    boost={"stage_iterations": 3, "reference_iterations": 3},
+)
 
 
 def cli(root: Path, *args: str, env: dict[str, str] | None = None, torchrun: bool = False) -> subprocess.Popen:
@@ -67,6 +74,35 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_world_shares_units_round_robin():
     assert World(1, 3).share(list(range(8))) == [1, 4, 7] and SINGLE.share([5, 6]) == [5, 6]
     assert World(0, 2).device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_references_are_shared_by_the_ranks_that_do_not_boost():
+    assert reference_share(SINGLE, (2, 5, 10)) == [2, 5, 10]
+    assert reference_share(World(0, 2), (2, 5, 10)) == [] and reference_share(World(1, 2), (2, 5, 10)) == [2, 5, 10]
+    assert reference_share(World(1, 3), (2, 5, 10)) == [2, 10] and reference_share(World(2, 3), (2, 5, 10)) == [5]
+
+
+def test_distill_nproc_writes_the_boosted_set_and_references_of_one_process(tmp_path: Path):
+    """`distill.nproc` (RaT-BPTT): rank 0 boosts while ranks 1 and 2 distil the direct references (rank 1 two of
+    them, so they reach rank 0 out of order); every output is that of one process, the params stamped in the sets
+    (which record distill.nproc) aside."""
+    ref = make_project(tmp_path / "ref", BOOST, "download", "expert-buffer")
+    project = tmp_path / "p"
+    shutil.copytree(ref, project)
+    ok(cli(ref, "distill", env=ONE_THREAD))
+    out = ok(cli(project, "distill", "-S", "distill.nproc=3", env=ONE_THREAD))
+    assert out.count("distilled 40 images") == 1 and (project / "logs/distill.torchrun.log").is_file()
+    assert (project / "metrics/distill.json").read_bytes() == (ref / "metrics/distill.json").read_bytes()
+    mine, theirs = outputs(project, "artifacts/distill"), outputs(ref, "artifacts/distill")
+    sets = [name for name in theirs if name.endswith(".safetensors")]
+    assert len(sets) == 5 and mine.keys() == theirs.keys()  # the set and the references at 1 (its first stage) to 4
+    assert {k: v for k, v in mine.items() if k not in sets} == {k: v for k, v in theirs.items() if k not in sets}
+    for name in sets:
+        (a, pa), (b, pb) = load_synthetic(project / name), load_synthetic(ref / name)
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors().values(), b.tensors().values(), strict=True))
+        assert pa["params"]["distill"].pop("nproc") == 3 and pb["params"]["distill"].pop("nproc") == 1  # type: ignore[index]
+        assert pa == pb
+    assert not (project / ".checkpoints/distill").exists()
 
 
 def test_torchrun_writes_bitwise_the_experts_and_metrics_of_one_process(reference, tmp_path: Path):

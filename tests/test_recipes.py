@@ -106,6 +106,14 @@ def test_the_accuracy_benchmark_lists_the_recipes():
     assert [line.split()[0] for line in out.stdout.splitlines()] == NAMES
 
 
+def test_the_tuning_benchmark_retrains_the_experts_only_for_the_params_they_depend_on():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from tune import reuses_experts
+
+    assert all(map(reuses_experts, ["mtt.lr_img", "ratbptt.horizon", "expert.nproc", "expert.parallel", "seeds"]))
+    assert not any(map(reuses_experts, ["model.width", "expert.epochs", "data.validation", "augment.strategy", "seed"]))
+
+
 @pytest.mark.slow
 def test_the_tuning_benchmark_scores_on_a_validation_split_and_reuses_the_experts(tmp_path: Path):
     tiny = {

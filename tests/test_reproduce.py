@@ -15,6 +15,7 @@ from helpers import STAGES, make_project, tiny
 from typer.testing import CliRunner
 
 from distiller.cli import app
+from distiller.files import load_safetensors, save_safetensors
 from distiller.params import params_from_dict
 from distiller.paths import Layout
 from distiller.sources import archives
@@ -95,10 +96,22 @@ def test_a_corrupted_normalisation_is_named_before_any_training(digits_folder, t
     assert len(result.stderr.strip().splitlines()) == 1 and "measured" not in result.stdout
 
 
-def test_a_zca_set_reproduces(tmp_path: Path):
+def test_a_zca_set_reproduces_and_a_sidecar_fitted_on_other_images_is_named(tmp_path: Path):
     raw = tiny(**LEARNABLE, data={"preprocess": "zca"})
-    result = reproduce(package(tmp_path, raw), tmp_path)
+    folder = package(tmp_path, raw)
+    result = reproduce(folder, tmp_path)
     assert result.exit_code == 0, result.output
+    for name in ("mean", "matrix"):  # a transform that is a valid sidecar, but not of the card's training images
+        copy = tmp_path / f"{name}-{folder.name}"
+        shutil.copytree(folder, copy)
+        sidecar = copy / "preprocessing" / "zca.safetensors"
+        tensors, meta = load_safetensors(sidecar, "distiller.zca", "1", "ZCA sidecar")
+        tensors[name] = tensors[name] * 1.05
+        save_safetensors(sidecar, tensors, "distiller.zca", "1", {k: v for k, v in meta.items() if k != "seal"})
+        result = reproduce(copy, tmp_path)
+        assert result.exit_code == 2, result.output
+        assert f"the ZCA {name} is not that of digits's training split" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "measured" not in result.stdout
 
 
 def _learnable_mnist(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,15 @@ complete.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from typing import Any
 
-from distiller import boost, models, mtt, plots, synthetic
+from distiller import boost, distributed, models, mtt, plots, synthetic
 from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
 from distiller.buffer import ExpertBuffer, load_buffer
 from distiller.checkpoint import Store, fingerprint
+from distiller.distributed import World
 from distiller.files import atomic_dir, csv_text, write_json, write_text
 from distiller.params import Params, effective_budgets, to_dict
 from distiller.paths import Layout
@@ -22,21 +24,29 @@ from distiller.prepared import load_prepared
 from distiller.provenance import stamp
 from distiller.run import Context
 
+WAIT = datetime.timedelta(days=7)  # a rank waits for the others' runs, however long (a rank that dies is seen at once)
+
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
-    """Distill with `distill.method`; writes the set, its curves and pictures and the metrics. Returns a summary."""
+    """Distill with `distill.method`; writes the set, its curves and pictures and the metrics. Returns a summary.
+
+    In a torchrun job (`distill.nproc`), RaT-BPTT's direct references are distilled by the ranks other than 0, which
+    boosts (`distiller.boost`) and alone writes; an MTT run has one unit of work, so rank 0 does it all."""
     configure_torch()
     models.check_distillable(p.model)
-    device = resolve_device(p.device)
-    data = load_prepared(layout.prepared, p.data).to(device)
+    with distributed.world(resolve_device(p.device), timeout=WAIT) as w:
+        device = w.device(resolve_device(p.device))
+        data = load_prepared(layout.prepared, p.data).to(device)
 
-    def context(*inputs: object) -> Context:  # checkpoints resume only for the same params and inputs
-        return Context(data, p.model, p.augment, p.seed, device, p.guard, _store(p, layout, *inputs), progress)
+        def context(*inputs: object) -> Context:  # checkpoints resume only for the same params and inputs
+            return Context(data, p.model, p.augment, p.seed, device, p.guard, _store(p, layout, *inputs), progress)
 
-    if p.distill.method == "ratbptt":
-        return _ratbptt(p, layout, context(data.content_hash, str(device)))
-    buffer = load_buffer(layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs)
-    return _mtt(p, layout, context(data.content_hash, buffer.manifest, str(device)), buffer)
+        if p.distill.method == "ratbptt":
+            return _ratbptt(p, layout, context(data.content_hash, device.type), w)
+        if not w.root:
+            return ""
+        buffer = load_buffer(layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs)
+        return _mtt(p, layout, context(data.content_hash, buffer.manifest, device.type), buffer)
 
 
 def summary(text: str) -> str:
@@ -46,7 +56,7 @@ def summary(text: str) -> str:
 def _store(p: Params, layout: Layout, *inputs: object) -> Store:
     """The checkpoints of a distill run: resumed only for the same params (the checkpoint interval aside) and inputs."""
     relevant = {k: v for k, v in to_dict(p).items() if k not in ("evaluate", "package")}
-    relevant["distill"] = {**relevant["distill"], "checkpoint_every": None}
+    relevant["distill"] = {**relevant["distill"], "checkpoint_every": None, "nproc": None}
     relevant["expert"] = {**relevant["expert"], "checkpoint_every": None, "parallel": None}
     return Store(layout.checkpoints("distill"), fingerprint(relevant, *inputs), p.distill.checkpoint_every)
 
@@ -79,10 +89,13 @@ def _mtt(p: Params, layout: Layout, ctx: Context, buffer: ExpertBuffer) -> str:
     )
 
 
-def _ratbptt(p: Params, layout: Layout, ctx: Context) -> str:
+def _ratbptt(p: Params, layout: Layout, ctx: Context, w: World) -> str:
     budgets = effective_budgets(p.distill)
     start = time.perf_counter()
-    result = boost.boost(ctx, p.ratbptt, p.boost, budgets, references=p.boost.references and len(budgets) > 1)
+    references = p.boost.references and len(budgets) > 1
+    result = boost.boost(ctx, p.ratbptt, p.boost, budgets, references=references, w=w)
+    if result is None:  # a rank other than 0: its references went to rank 0
+        return ""
     seconds = round(time.perf_counter() - start, 2)
     prov = stamp(to_dict(p), method="ratbptt", dataset=ctx.data.source, dataset_hash=ctx.data.content_hash)
     syn = result.boosted
