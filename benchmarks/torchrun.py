@@ -11,6 +11,7 @@ the params stamped in them record distill.nproc.
 
     python benchmarks/torchrun.py                  # K = 2; appends to docs/log.md
     python benchmarks/torchrun.py --nproc 2 --no-record
+    python benchmarks/torchrun.py --only-distill      # only the RaT-BPTT distill row
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process in the first setting")
+    parser.add_argument("--only-distill", action="store_true", help="time only the RaT-BPTT distill stage")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     from helpers import make_project
@@ -77,7 +79,7 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         base = make_project(Path(tmp) / "base", {}, "download")
-        for threads in (args.threads, None):
+        for threads in () if args.only_distill else (args.threads, None):
             roots = {}
             for k in (1, args.nproc):
                 roots[k] = Path(tmp) / f"p{k}-{threads}"
