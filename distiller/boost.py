@@ -105,8 +105,9 @@ class Runs:
         """Rank 0 receives the other ranks' runs: their sets' tensors, curves and times, bitwise."""
         if w.size == 1:
             return
-        mine = {n: (_cpu(s.tensors()), s.ipc, self.curves[n].columns, self.seconds[n]) for n, s in self.sets.items()}
-        for theirs in objects_to_root(w, {} if w.root else mine)[1:]:
+        sent = {} if w.root else self.sets  # rank 0 keeps its own
+        mine = {n: (_cpu(s.tensors()), s.ipc, self.curves[n].columns, self.seconds[n]) for n, s in sent.items()}
+        for theirs in objects_to_root(w, mine)[1:]:
             for n, (tensors, ipc, columns, seconds) in theirs.items():
                 self.sets[n] = SyntheticSet.from_tensors(tensors, None, ipc)
                 self.curves[n], self.seconds[n] = Curves(ratbptt.CURVES, columns), seconds
