@@ -35,6 +35,8 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
     configure_torch()
     models.check_distillable(p.model)
     with distributed.world(resolve_device(p.device), timeout=WAIT) as w:
+        if not w.root and p.distill.method != "ratbptt":
+            return ""  # nothing to share out
         device = w.device(resolve_device(p.device))
         data = load_prepared(layout.prepared, p.data).to(device)
 
@@ -43,8 +45,6 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
 
         if p.distill.method == "ratbptt":
             return _ratbptt(p, layout, context(data.content_hash, device.type), w)
-        if not w.root:
-            return ""
         buffer = load_buffer(layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs)
         return _mtt(p, layout, context(data.content_hash, buffer.manifest, device.type), buffer)
 
