@@ -71,6 +71,7 @@ def main() -> None:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    resumed = _started(work)
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -105,7 +106,7 @@ def main() -> None:
         for b, row in m["budgets"].items()
     ]
     print("\n".join(budgets + reproduced))
-    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + (RESUMED if resumed else ""))
     if args.no_record:
         return
     line = (
@@ -113,11 +114,22 @@ def main() -> None:
         f"{a.ipc} on {a.dataset}: {row['accuracy']} % (random real {row['random real']} %, full data "
         f"{row['full data']}); published {a.published}. {total / 60:.1f} min in all ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
-        + ")."
+        + ")"
+        + (RESUMED if resumed else "")
+        + "."
         + (f" Note: {a.note}." if a.note else "")
         + "".join(f"\n  - {line}" for line in budgets + reproduced)
     )
     record("Accuracy", line, resolve_device(args.device), threads=args.threads or None)
+
+
+RESUMED = " (resumed in a workdir a run had started: the times are this invocation's, not the whole run's)"
+
+
+def _started(work: Path) -> bool:
+    """Whether an interrupted run left checkpoints in `work`: the stages resume from them, so take less time than
+    they would from scratch (a finished stage clears its own)."""
+    return any(f.is_file() for f in (work / ".checkpoints").rglob("*"))
 
 
 def _publish_here(work: Path, cli: list[str], env: dict[str, str], runs: int) -> list[str]:
