@@ -8,6 +8,8 @@ from (`distiller recipe show NAME`). The run goes through the `distiller` comman
 in its own project folder (`--workdir`, default `runs/<recipe>`): `download --from DIR` (archives copied in and
 checked), `expert-buffer`, `distill`, `evaluate`. It prints a table (stage times, accuracy, random-real baseline,
 published figure) and records the same figures, the device, the date and the command in docs/log.md.
+`--package` then packages the set into datasets/<name>/, validates it and reproduces it from its card;
+`--package-only` does only that, for a run the workdir already holds.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def main() -> None:
         action="store_true",
         help="also package the set, copy it to datasets/<name>/, validate it and reproduce it from its card",
     )
+    ap.add_argument(
+        "--package-only",
+        action="store_true",
+        help="package the workdir's finished run again (say, after the card format changed), then as --package; "
+        "runs no other stage",
+    )
     ap.add_argument("--reproduce-runs", type=int, default=5, help="networks per config when reproducing (--package)")
     args = ap.parse_args()
     if args.list or not args.setting:
@@ -68,6 +76,10 @@ def main() -> None:
     recipe = recipes[args.setting]
     a = recipe.about
     work = Path(args.workdir or ROOT / "runs" / args.setting).resolve()
+    if args.package_only and (args.fresh or not (work / "metrics" / "evaluate.json").is_file()):
+        sys.exit(f"--package-only needs a finished run in {work} (and no --fresh)")
+    args.package |= args.package_only
+    args.no_record |= args.package_only  # its times are not a run's
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -81,10 +93,10 @@ def main() -> None:
     common = ["-p", str(ROOT / "params.yaml"), "--root", str(work)] + [a for kv in sets for a in ("-S", kv)]
     cli = [sys.executable, "-m", "distiller"]
     seconds: dict[str, float] = {}
-    download = cli + ["download"] + (["--from", args.source_dir] if args.source_dir else [])
-    seconds["download"] = _run(download + common, env)
-    for stage in ("expert-buffer", "distill", "evaluate") + (("package",) if args.package else ()):
-        seconds[stage] = _run([*cli, stage, *common], env)
+    download = ["download", *(["--from", args.source_dir] if args.source_dir else [])]
+    stages = [] if args.package_only else [download, ["expert-buffer"], ["distill"], ["evaluate"]]
+    for stage in stages + ([["package"]] if args.package else []):
+        seconds[stage[0]] = _run([*cli, *stage, *common], env)
     reproduced = _publish_here(work, cli, env, args.reproduce_runs) if args.package else []
     total = sum(seconds.values())
     m = json.loads((work / "metrics" / "evaluate.json").read_text())
