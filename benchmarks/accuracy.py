@@ -8,6 +8,8 @@ from (`distiller recipe show NAME`). The run goes through the `distiller` comman
 in its own project folder (`--workdir`, default `runs/<recipe>`): `download --from DIR` (archives copied in and
 checked), `expert-buffer`, `distill`, `evaluate`. It prints a table (stage times, accuracy, random-real baseline,
 published figure) and records the same figures, the device, the date and the command in docs/log.md.
+`--package` then packages the set into datasets/<name>/, validates it and reproduces it from its card;
+`--package-only` does only that, for a run the workdir already holds.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def main() -> None:
         action="store_true",
         help="also package the set, copy it to datasets/<name>/, validate it and reproduce it from its card",
     )
+    ap.add_argument(
+        "--package-only",
+        action="store_true",
+        help="package the workdir's finished run again (say, after the card format changed), then as --package; "
+        "runs no other stage",
+    )
     ap.add_argument("--reproduce-runs", type=int, default=5, help="networks per config when reproducing (--package)")
     args = ap.parse_args()
     if args.list or not args.setting:
@@ -68,9 +76,14 @@ def main() -> None:
     recipe = recipes[args.setting]
     a = recipe.about
     work = Path(args.workdir or ROOT / "runs" / args.setting).resolve()
+    if args.package_only and (args.fresh or not (work / "metrics" / "evaluate.json").is_file()):
+        sys.exit(f"--package-only needs a finished run in {work} (and no --fresh)")
+    args.package |= args.package_only
+    args.no_record |= args.package_only  # its times are not a run's
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    resumed = _started(work)
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -80,10 +93,10 @@ def main() -> None:
     common = ["-p", str(ROOT / "params.yaml"), "--root", str(work)] + [a for kv in sets for a in ("-S", kv)]
     cli = [sys.executable, "-m", "distiller"]
     seconds: dict[str, float] = {}
-    download = cli + ["download"] + (["--from", args.source_dir] if args.source_dir else [])
-    seconds["download"] = _run(download + common, env)
-    for stage in ("expert-buffer", "distill", "evaluate") + (("package",) if args.package else ()):
-        seconds[stage] = _run([*cli, stage, *common], env)
+    download = ["download", *(["--from", args.source_dir] if args.source_dir else [])]
+    stages = [] if args.package_only else [download, ["expert-buffer"], ["distill"], ["evaluate"]]
+    for stage in stages + ([["package"]] if args.package else []):
+        seconds[stage[0]] = _run([*cli, *stage, *common], env)
     reproduced = _publish_here(work, cli, env, args.reproduce_runs) if args.package else []
     total = sum(seconds.values())
     m = json.loads((work / "metrics" / "evaluate.json").read_text())
@@ -105,7 +118,7 @@ def main() -> None:
         for b, row in m["budgets"].items()
     ]
     print("\n".join(budgets + reproduced))
-    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + (RESUMED if resumed else ""))
     if args.no_record:
         return
     line = (
@@ -113,11 +126,22 @@ def main() -> None:
         f"{a.ipc} on {a.dataset}: {row['accuracy']} % (random real {row['random real']} %, full data "
         f"{row['full data']}); published {a.published}. {total / 60:.1f} min in all ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
-        + ")."
+        + ")"
+        + (RESUMED if resumed else "")
+        + "."
         + (f" Note: {a.note}." if a.note else "")
         + "".join(f"\n  - {line}" for line in budgets + reproduced)
     )
     record("Accuracy", line, resolve_device(args.device), threads=args.threads or None)
+
+
+RESUMED = " (resumed in a workdir a run had started: the times are this invocation's, not the whole run's)"
+
+
+def _started(work: Path) -> bool:
+    """Whether an interrupted run left checkpoints in `work`: the stages resume from them, so take less time than
+    they would from scratch (a finished stage clears its own)."""
+    return any(f.is_file() for f in (work / ".checkpoints").rglob("*"))
 
 
 def _publish_here(work: Path, cli: list[str], env: dict[str, str], runs: int) -> list[str]:

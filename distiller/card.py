@@ -116,7 +116,7 @@ def build(p: Params, inp: Inputs, layout: Layout) -> Contract:
     data, m = inp.data, inp.metrics
     method = str(inp.provenance.get("method"))
     params = to_dict(params_from_dict(inp.provenance.get("params", {})))  # in the schema's order, checked
-    proto = m["protocol"]
+    proto = {**m["protocol"], "architecture": rebuildable(m["protocol"]["architecture"])}
     lr = inp.syn.lr if proto["name"] == "mtt" and inp.syn.lr is not None else proto["real_lr"]
     budgets = {config_name(int(b)): _budget(int(b), row, data.num_classes, lr) for b, row in m["budgets"].items()}
     commit, dirty = git_state(layout.root)
@@ -217,6 +217,14 @@ def _preprocessing(data: Prepared) -> Preprocessing:
     stored = "pixel_values are already normalised; put real images in [0, 1] through (x - mean) / std"
     mean, std = (tuple(round(float(v), 8) for v in t) for t in (data.mean, data.std))
     return Preprocessing("normalize", data.pixel_scale, NORMALIZATION, stored, mean=mean, std=std)
+
+
+def rebuildable(a: dict[str, Any]) -> dict[str, Any]:
+    """The network as a consumer rebuilds it: the ConvNet's description plus its first conv's padding (3 on 1x28x28
+    inputs). The padding stays out of `models.describe`, which expert manifests and checkpoints compare."""
+    if a["arch"] != "convnet":
+        return a
+    return {**a, "first_padding": models.first_padding(tuple(a["input_shape"]))}
 
 
 def _protocol(proto: dict[str, Any], cross: dict[str, dict[str, Any]]) -> Protocol:

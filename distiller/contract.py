@@ -112,6 +112,7 @@ class Architecture:
     definition: str | None = None
     head_features: int | None = None
     parameters: int | None = None
+    first_padding: int | None = field(default=None, metadata={"ge": 0})  # the ConvNet's first conv; the others pad 1
 
 
 @dataclass(frozen=True)

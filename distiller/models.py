@@ -29,6 +29,12 @@ from distiller.params import ModelParams
 INSTANCENORM = "instancenorm (GroupNorm(C, C), affine)"
 
 
+def first_padding(image_shape: tuple[int, ...]) -> int:
+    """The padding of the ConvNet's first conv for inputs of `image_shape` (C, H, W); every later conv pads by 1."""
+    channels, height, width = image_shape
+    return _first_pad((channels, height, width), 3, 1)
+
+
 def _first_pad(image_shape: tuple[int, int, int], wide: int, usual: int) -> int:
     """MNIST-sized inputs (1x28x28) get a wider first padding, so the network sees them as 32x32."""
     channels, height, width = image_shape

@@ -194,7 +194,8 @@ def _network(c: Contract) -> str:
     a = c.protocol.architecture
     if a.arch != "convnet":
         return f"{a.arch}: {a.definition}"
-    return f"{a.arch} depth {a.depth}, width {a.width}, {a.norm}, {a.pooling}"
+    padding = f", first conv padded by {a.first_padding} (the others by 1)" if a.first_padding != 1 else ""
+    return f"{a.arch} depth {a.depth}, width {a.width}, {a.norm}, {a.pooling}{padding}"
 
 
 def snippet(c: Contract) -> str:

@@ -121,16 +121,17 @@ def check_zca(c: Contract, path: Path, sidecar: dict[str, torch.Tensor], train: 
 
 
 def convnet(a: Architecture, gen: torch.Generator) -> nn.Module:
-    """The card's ConvNet: [conv3x3 -> norm -> ReLU -> pool2] x depth -> linear, PyTorch's default initialisation
-    drawn from `gen`."""
-    if a.arch != "convnet" or a.depth is None or a.width is None:
+    """The card's ConvNet: [conv3x3 -> norm -> ReLU -> pool2] x depth -> linear, the first conv padded by
+    `first_padding` (so MNIST's 28x28 becomes 32x32), the others by 1; PyTorch's default initialisation drawn from
+    `gen`."""
+    if a.arch != "convnet" or a.depth is None or a.width is None or a.first_padding is None:
         raise DistillerError(f"the card's network is {a.arch}: reproduce rebuilds the ConvNet that sets train on")
     layers: list[nn.Module] = []
-    c, side = a.input_shape[0], a.input_shape[1]
-    for _ in range(a.depth):
+    c, side = a.input_shape[0], a.input_shape[1] + 2 * a.first_padding - 2
+    for d in range(a.depth):
         norm: nn.Module = nn.GroupNorm(a.width, a.width) if a.norm.startswith("instancenorm") else nn.Identity()
         pool = nn.AvgPool2d(2) if a.pooling == "avgpool" else nn.MaxPool2d(2)
-        layers += [nn.Conv2d(c, a.width, 3, padding=1), norm, nn.ReLU(), pool]
+        layers += [nn.Conv2d(c, a.width, 3, padding=a.first_padding if d == 0 else 1), norm, nn.ReLU(), pool]
         c, side = a.width, side // 2
     net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * side * side, a.num_classes))
     with torch.no_grad():

@@ -122,6 +122,12 @@ def read_card(card_path: Path) -> Card:
     contract = Contract.from_dict(data["distiller"], where=str(card_path))
     if not SEMVER.fullmatch(contract.version):
         raise DistillerError(f"{card_path}: distiller.version '{contract.version}' is not a semantic version")
+    arch = contract.protocol.architecture
+    if arch.arch == "convnet" and arch.first_padding is None:
+        raise DistillerError(
+            f"{card_path}: distiller.protocol.architecture lacks first_padding (the first conv's padding, 3 for "
+            "1x28x28 inputs): the card predates it; package the set again"
+        )
     if contract.default_config not in contract.budgets:
         raise DistillerError(f"{card_path}: distiller.default_config '{contract.default_config}' is not a budget")
     configs = data.get("configs")

@@ -123,11 +123,12 @@ def dsa(x: torch.Tensor) -> torch.Tensor:
 
 
 def convnet() -> nn.Module:
-    """protocol.architecture: [conv3x3 -> GroupNorm(C, C) -> ReLU -> pool2] x depth -> linear."""
+    """protocol.architecture: [conv3x3 -> GroupNorm(C, C) -> ReLU -> pool2] x depth -> linear; the first conv pads
+    by first_padding (3 on 1x28x28 inputs, which it turns into 32x32), the others by 1."""
     layers, c, w = [], x.shape[1], arch.width
-    for _ in range(arch.depth):
+    for d in range(arch.depth):
         pool = nn.AvgPool2d(2) if arch.pooling == "avgpool" else nn.MaxPool2d(2)
-        layers += [nn.Conv2d(c, w, 3, padding=1), nn.GroupNorm(w, w), nn.ReLU(), pool]
+        layers += [nn.Conv2d(c, w, 3, padding=arch.first_padding if d == 0 else 1), nn.GroupNorm(w, w), nn.ReLU(), pool]
         c = w
     net = nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(arch.num_classes))
     net(x[:1])  # materialise the linear layer

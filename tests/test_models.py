@@ -125,3 +125,24 @@ def test_convnet_description_is_unchanged():
         "input_shape": [1, 8, 8],
         "num_classes": 10,
     }
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)], ids=["mnist", "cifar", "digits"])
+def test_the_card_describes_the_convnet_that_reproduce_rebuilds(shape):
+    """The card's architecture is enough to rebuild the network a set was scored with, the first
+    conv's wider padding on 28x28 inputs included: same parameters, same outputs."""
+    from distiller import config
+    from distiller.card import rebuildable
+    from distiller.contract import Architecture
+    from distiller.reproduce import convnet
+
+    p = ModelParams(width=8, depth=2)
+    ours = build_model(p, shape, 10, torch.Generator().manual_seed(0))
+    card = config.build(Architecture, rebuildable(describe(p, shape, 10)))
+    rebuilt = convnet(card, torch.Generator().manual_seed(0))
+    assert [t.shape for t in rebuilt.parameters()] == [t.shape for t in ours.parameters()]
+    with torch.no_grad():
+        for mine, theirs in zip(rebuilt.parameters(), ours.parameters(), strict=True):
+            mine.copy_(theirs)
+        x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(rebuilt(x), ours(x), atol=1e-6)

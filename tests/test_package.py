@@ -262,6 +262,7 @@ def _card_edit(old: str, new: str):
         (_card_edit("  default_config: ipc3\n", ""), "distiller.default_config is missing"),
         (_card_edit("  nested:", "  nestd:"), "unknown key 'distiller.nestd' (did you mean 'distiller.nested'?)"),
         (_card_edit("path: ipc1/train-*.parquet", "path: /etc/passwd"), "must be a relative path inside the folder"),
+        (_card_edit("      first_padding: 1\n", ""), "lacks first_padding (the first conv's padding"),
     ],
 )
 def test_validate_refuses_a_broken_folder_in_one_line(mtt_folder: Path, tmp_path: Path, edit, fragment):
