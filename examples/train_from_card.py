@@ -34,6 +34,8 @@ card = Contract.from_dict(DatasetCard.load(f"{folder}/README.md").data.to_dict()
 proto, arch, aug, budget = card.protocol, card.protocol.architecture, card.protocol.augmentation, card.budgets[config]
 if arch.arch != "convnet":
     sys.exit(f"this example rebuilds the ConvNet sets are distilled on; the card has {arch.arch}")
+if arch.first_padding is None:
+    sys.exit("the card does not say the first conv's padding (first_padding): package the set again")
 
 cols = load_dataset(folder, config, split="train").with_format("torch")[:]
 x, y = cols["pixel_values"], cols[card.labels.train_on]  # already preprocessed
