@@ -57,7 +57,7 @@ class ConvNet(nn.Module):
     def __init__(self, p: ModelParams, image_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
         channels, height, width = image_shape
-        pad = _first_pad(image_shape, 3, 1)
+        pad = first_padding(image_shape)  # what the card states, so a consumer rebuilds this very network
         height, width = height + 2 * pad - 2, width + 2 * pad - 2
         layers: list[nn.Module] = []
         in_ch = channels

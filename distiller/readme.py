@@ -203,8 +203,7 @@ def snippet(c: Contract) -> str:
     arch, proto, budget = c.protocol.architecture, c.protocol, c.default
     with torch.device("meta"):  # only its shapes are read
         convnet = models.ConvNet(model_params(c.method_params.get("model")), arch.input_shape, arch.num_classes)
-    first_conv = convnet.features[0]
-    pad = "1" if first_conv.padding[0] == 1 else f"{first_conv.padding[0]} if d == 0 else 1"  # type: ignore[index]
+    pad = "1" if arch.first_padding == 1 else f"{arch.first_padding} if d == 0 else 1"
     pool = "nn.AvgPool2d(2)" if arch.pooling == "avgpool" else "nn.MaxPool2d(2)"
     norm = f"nn.GroupNorm({arch.width}, {arch.width}), " if arch.norm.startswith("instancenorm") else ""
     decay = [proto.epochs // 2] if "x0.1" in proto.lr_schedule else []
