@@ -31,13 +31,15 @@ def git_commit(root: Path | str = ".") -> str | None:
 
 
 def git_state(root: Path | str) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether tracked files differ from it, ignoring dvc.lock which every run rewrites)."""
+    """(HEAD commit, whether tracked files differ from it). Outputs of the tool itself do not count: dvc.lock, which
+    every run rewrites, and the packaged sets under the checkout's top-level datasets/ (packaging one set must not
+    mark the next set's card as made by changed code)."""
     commit = git_commit(root)
     if commit is None:
         return None, None
     status = git(root, "status", "--porcelain", "--untracked-files=no") or ""
-    dirty = any(line[3:].strip() != "dvc.lock" for line in status.splitlines() if line.strip())
-    return commit, dirty
+    changed = [line[3:].split(" -> ")[-1].strip().strip('"') for line in status.splitlines() if line.strip()]
+    return commit, any(path != "dvc.lock" and not path.startswith("datasets/") for path in changed)
 
 
 def dvc_lock_sha256(path: Path) -> str | None:

@@ -308,3 +308,24 @@ def test_the_card_alone_reproduces_training(mtt_folder: Path, tmp_path: Path):
     )
     assert out.returncode == 0, out.stderr
     assert "ipc2: reproduced" in out.stdout and "card" in out.stdout
+
+
+def test_git_dirty_counts_code_not_the_tools_own_outputs(tmp_path: Path):
+    from distiller.provenance import git_state
+
+    def sh(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for name in ("code.py", "dvc.lock", "datasets/a/README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("one\n")
+    sh("init", "-q")
+    sh("add", ".")
+    sh("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    commit, dirty = git_state(tmp_path)
+    assert commit and dirty is False
+    (tmp_path / "dvc.lock").write_text("two\n")
+    (tmp_path / "datasets/a/README.md").write_text("two\n")  # another set packaged before this one
+    assert git_state(tmp_path)[1] is False
+    (tmp_path / "code.py").write_text("two\n")
+    assert git_state(tmp_path)[1] is True
