@@ -7,7 +7,7 @@ A recipe is a dataset, a method, an IPC and the params that make it (on top of t
 from (`distiller recipe show NAME`). The run goes through the `distiller` command line exactly as a user would type it,
 in its own project folder (`--workdir`, default `runs/<recipe>`): `download --from DIR` (archives copied in and
 checked), `expert-buffer`, `distill`, `evaluate`. It prints a table (stage times, accuracy, random-real baseline,
-published figure) and records the same figures, the device, the date and the command in docs/log.md.
+published figure) and records the same figures, the device, the date and the command in benchmarks/log.md.
 `--package` then packages the set into datasets/<name>/, validates it and reproduces it from its card;
 `--package-only` does only that, for a run the workdir already holds.
 """
@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from record import record  # noqa: E402  (a sibling script)
 
-from distiller._runtime import resolve_device  # noqa: E402
-from distiller.recipes import catalogue, dotted  # noqa: E402
+from distiller.core.recipes import catalogue, dotted  # noqa: E402
+from distiller.core.runtime import resolve_device  # noqa: E402
 
 RECIPES = ROOT / "recipes"
 
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--fresh", action="store_true", help="empty the workdir first")
-    ap.add_argument("--no-record", action="store_true", help="do not append to docs/log.md")
+    ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/log.md")
     ap.add_argument(
         "--package",
         action="store_true",

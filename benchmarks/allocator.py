@@ -23,13 +23,13 @@ from pathlib import Path
 
 
 def child(root: Path, tuned: bool) -> dict[str, object]:
-    from distiller import _runtime
-    from distiller.params import Params
-    from distiller.paths import Layout
+    from distiller.core import runtime
+    from distiller.core.params import Params
+    from distiller.core.paths import Layout
     from distiller.stages import evaluate
 
     if not tuned:
-        _runtime._keep_freed_memory = lambda: None  # every stage calls configure_torch; leave glibc's defaults
+        runtime._keep_freed_memory = lambda: None  # every stage calls configure_torch; leave glibc's defaults
     before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     m = evaluate.run(Params(), Layout(root))
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -50,8 +50,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(Path(args.child[0]), args.child[1] == "tuned")))
         return
-    from distiller.params import Params
-    from distiller.paths import Layout
+    from distiller.core.params import Params
+    from distiller.core.paths import Layout
     from distiller.stages import distill, download, expert_buffer
 
     lines = ["| malloc | evaluate (s) | system (s) | minor page faults |", "|---|---|---|---|"]

@@ -4,7 +4,7 @@ Budgets 1, 2, 5 (ipc 5) with the default params otherwise, through the public `b
 `ratbptt.iterations` steps, stages 2 and 5 run `boost.stage_iterations` steps each, and each prefix is scored with the
 RaT-BPTT evaluation protocol (5 networks). Beta does not touch the first stage, so every beta distills the same first
 set again (the price of going through the public API: about 1200 of each run's 1400 steps).
-Prints one line per beta and records the table in docs/log.md.
+Prints one line per beta and records the table in benchmarks/log.md.
 
     python benchmarks/boost_beta.py --betas 0,0.1,1 --threads 1
 """
@@ -18,13 +18,13 @@ import time
 import torch
 from record import record
 
-from distiller import boost
-from distiller._runtime import configure_torch
-from distiller.data import prepare
-from distiller.evaluate import protocol_for, score
-from distiller.params import params_from_dict
-from distiller.run import Context
-from distiller.synthetic import SyntheticSet
+from distiller.core.params import params_from_dict
+from distiller.core.runtime import configure_torch
+from distiller.data.prepare import prepare
+from distiller.methods import boost
+from distiller.methods.run import Context
+from distiller.methods.synthetic import SyntheticSet
+from distiller.scoring.evaluate import protocol_for, score
 
 
 def main() -> None:

@@ -8,7 +8,7 @@
 2. `exactness`: float64 gradients of the images and of alpha, relative error against `full` (ConvNet on digits).
 3. `accuracy`: distill and evaluate digits at IPC 1 and 10 with each mode, the same seeds and defaults otherwise.
 
-    python benchmarks/mtt_memory.py                         # all three parts; appends to docs/log.md
+    python benchmarks/mtt_memory.py                         # all three parts; appends to benchmarks/log.md
     python benchmarks/mtt_memory.py --part memory --no-record
 """
 
@@ -32,10 +32,10 @@ def one_case(mode: str, ipc: int, n: int, iterations: int) -> dict[str, float]:
 
     import torch
 
-    from distiller._runtime import configure_torch, generator
-    from distiller.models import build_model
-    from distiller.mtt import Student, meta_gradient
-    from distiller.params import AugmentParams, ModelParams, MTTParams
+    from distiller.core.params import AugmentParams, ModelParams, MTTParams
+    from distiller.core.runtime import configure_torch, generator
+    from distiller.methods.mtt import Student, meta_gradient
+    from distiller.nets.models import build_model
 
     configure_torch()
     model = build_model(ModelParams(depth=3, width=128), (3, 32, 32), 10, generator(0, "net"))
@@ -92,11 +92,11 @@ def exactness_table() -> str:
 
     import torch
 
-    from distiller._runtime import generator
-    from distiller.data import prepare
-    from distiller.models import build_model
-    from distiller.mtt import Student, meta_gradient
-    from distiller.params import AugmentParams, ModelParams, MTTParams, Params
+    from distiller.core.params import AugmentParams, ModelParams, MTTParams, Params
+    from distiller.core.runtime import generator
+    from distiller.data.prepare import prepare
+    from distiller.methods.mtt import Student, meta_gradient
+    from distiller.nets.models import build_model
 
     data = prepare(Params().data)
     rows = ["| N | mode | images: relative error | alpha: relative error |", "|---|---|---|---|"]
@@ -127,7 +127,7 @@ def accuracy_table() -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from helpers import make_project, run_stage
 
-    from distiller.params import params_from_dict
+    from distiller.core.params import params_from_dict
 
     rows = ["| IPC | mode | distilled | learned lr | distill (s) |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:

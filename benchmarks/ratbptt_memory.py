@@ -5,7 +5,7 @@ autograd graph holds for the backward pass, when backward starts and at most (tr
 and device independent; aliases of one storage count once per save) and (b) the process's peak resident memory. The
 warm-up (T - W steps, forced by `placement: end`) frees each step's graph at once; the window keeps W steps' worth.
 
-    python benchmarks/ratbptt_memory.py                 # prints a table, appends it to docs/log.md
+    python benchmarks/ratbptt_memory.py                 # prints a table, appends it to benchmarks/log.md
     python benchmarks/ratbptt_memory.py --no-record     # print only
 """
 
@@ -24,13 +24,13 @@ CONFIGS = [(40, 20), (160, 20), (40, 10), (40, 40)]  # (T, W): two T at equal W,
 def measure(horizon: int, window: int, ipc: int) -> dict[str, float]:
     import torch
 
-    from distiller import models
-    from distiller._runtime import configure_torch, generator
-    from distiller.augment import with_families
-    from distiller.data import prepare
-    from distiller.params import params_from_dict
-    from distiller.ratbptt import MetaBatch, ratbptt_meta_loss
-    from distiller.synthetic import class_major_labels, initial_images
+    from distiller.core.params import params_from_dict
+    from distiller.core.runtime import configure_torch, generator
+    from distiller.data.prepare import prepare
+    from distiller.methods.ratbptt import MetaBatch, ratbptt_meta_loss
+    from distiller.methods.synthetic import class_major_labels, initial_images
+    from distiller.nets import models
+    from distiller.nets.augment import with_families
 
     configure_torch()
     p = params_from_dict({"ratbptt": {"horizon": horizon, "window": window, "placement": "end"}})

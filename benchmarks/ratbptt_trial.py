@@ -4,7 +4,7 @@
 
 Runs what `distiller distill -S distill.method=ratbptt -S distill.ipc=1 ...` runs (Boost-DD over the one budget 1,
 through the public `boost.boost`), then scores the set with the RaT-BPTT evaluation protocol (5 networks) for each
-number of epochs. Prints one line and records it in docs/log.md. `--threads` fixes torch's thread count (results
+number of epochs. Prints one line and records it in benchmarks/log.md. `--threads` fixes torch's thread count (results
 depend on it in the last bits).
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from record import record
 
-from distiller import boost
-from distiller._runtime import configure_torch
-from distiller.config import parse_override
-from distiller.data import prepare
-from distiller.evaluate import protocol_for, score
-from distiller.params import load_params
-from distiller.run import Context
+from distiller.core.config import parse_override
+from distiller.core.params import load_params
+from distiller.core.runtime import configure_torch
+from distiller.data.prepare import prepare
+from distiller.methods import boost
+from distiller.methods.run import Context
+from distiller.scoring.evaluate import protocol_for, score
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The one results recorder of every benchmark: a dated section in docs/log.md with the device, the command that
+"""The one results recorder of every benchmark: a dated section in benchmarks/log.md with the device, the command that
 produced it and its table. docs/results.md and the README quote from the log; the log itself is never edited."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-LOG = Path(__file__).resolve().parents[1] / "docs" / "log.md"
+LOG = Path(__file__).resolve().parent / "log.md"
 
 
 def device_name(device: torch.device | str = "cpu") -> str:

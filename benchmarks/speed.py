@@ -1,7 +1,7 @@
 """Speed: distillation iterations per second, and expert-buffer and evaluation throughput, one network at a time
 against several at once.
 
-    python benchmarks/speed.py --device auto --threads 1      # prints a table, appends it to docs/log.md
+    python benchmarks/speed.py --device auto --threads 1      # prints a table, appends it to benchmarks/log.md
     python benchmarks/speed.py --mnist-shaped --no-record     # also 1x28x28 random data at widths 64 and 128
 
 Fixed settings (digits, 8x8, 1347 training images; the default ConvNet: depth 2, width 64, instance norm, avg-pool;
@@ -37,15 +37,17 @@ from collections.abc import Callable
 import torch
 from record import record
 
-from distiller import batched, evaluate, experts, models, mtt, ratbptt
-from distiller._runtime import configure_torch, generator, resolve_device
-from distiller.buffer import ExpertBuffer
-from distiller.data import prepare
-from distiller.params import Params, params_from_dict
-from distiller.prepared import Prepared
-from distiller.run import Context
-from distiller.synthetic import real_subset
-from distiller.train import accuracy, train_many
+from distiller.core.params import Params, params_from_dict
+from distiller.core.runtime import configure_torch, generator, resolve_device
+from distiller.data.prepare import prepare
+from distiller.data.prepared import Prepared
+from distiller.methods import experts, mtt, ratbptt
+from distiller.methods.buffer import ExpertBuffer
+from distiller.methods.run import Context
+from distiller.methods.synthetic import real_subset
+from distiller.nets import batched, models
+from distiller.nets.train import accuracy, train_many
+from distiller.scoring import evaluate
 
 MiB = 2**20
 
@@ -206,7 +208,7 @@ def main() -> None:
     ap.add_argument("--mnist-shaped", action="store_true", help="also random 1x28x28 data at widths 64 and 128")
     ap.add_argument("--skip-distill", action="store_true", help="only the expert and evaluation throughput")
     ap.add_argument("--note", default="", help="added to the log's heading (e.g. 'shared machine')")
-    ap.add_argument("--no-record", action="store_true", help="print only; do not append to docs/log.md")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to benchmarks/log.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     configure_torch()

@@ -9,7 +9,7 @@ ranks share the cores, waiting passively, and compute bitwise what one process d
 first setting only (a digits RaT-BPTT run takes minutes). Its sets are compared by their tensors, curves and metrics:
 the params stamped in them record distill.nproc.
 
-    python benchmarks/torchrun.py                  # K = 2; appends to docs/log.md
+    python benchmarks/torchrun.py                  # K = 2; appends to benchmarks/log.md
     python benchmarks/torchrun.py --nproc 2 --no-record
     python benchmarks/torchrun.py --only-distill      # only the RaT-BPTT distill row
 """
@@ -49,7 +49,7 @@ def files(root: Path, out: str) -> dict[str, bytes]:
 
 def same_sets(a: Path, b: Path) -> bool:
     """The distill outputs of two projects: the same tensors in every set, and the same other files and metrics."""
-    from distiller.synthetic import load
+    from distiller.methods.synthetic import load
 
     def content(root: Path) -> dict[str, object]:
         out: dict[str, object] = dict(files(root, "metrics/distill.json"))

@@ -10,7 +10,7 @@ scored on it). MTT's experts are trained once, on the first value's split, and r
 for the download or expert-buffer stage). With no experts to train
 (RaT-BPTT, or `expert.from` given) no run has to go first: the values run `--parallel` at a time from the start.
 Prints one row per value (validation accuracy, mean +- std over `evaluate.num_eval` networks, and minutes) and
-records the table in docs/log.md. The test images are never scored on.
+records the table in benchmarks/log.md. The test images are never scored on.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from pathlib import Path
 import yaml
 from record import record
 
-from distiller.config import parse_override
-from distiller.errors import DistillerError
-from distiller.params import load_params
-from distiller.recipes import catalogue, dotted
+from distiller.core.config import parse_override
+from distiller.core.errors import DistillerError
+from distiller.core.params import load_params
+from distiller.core.recipes import catalogue, dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def main() -> None:
         default=1,
         help="runs at once (after the first, if it trains the experts); give each --threads 1",
     )
-    ap.add_argument("--no-record", action="store_true", help="do not append to docs/log.md")
+    ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/log.md")
     args = ap.parse_args()
     if not 0 < args.validation < 1:
         sys.exit("--validation: a share of the training images, strictly between 0 and 1")

@@ -1,3 +1,3 @@
-from distiller.cli import main
+from distiller.cli.app import main
 
 main()

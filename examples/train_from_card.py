@@ -3,8 +3,8 @@
     python examples/train_from_card.py datasets/digits-distilled-ipc10 ipc10 [runs] [project root]
 
 None of distiller's training code: the network, optimiser, schedule, lr, augmentation, preprocessing and test split
-all come from the card's `distiller:` mapping, read as the typed card contract (`distiller.contract`, a module of
-plain dataclasses), and its safetensors sidecars. The source's own loader supplies the real test images, as
+all come from the card's `distiller:` mapping, read as the typed card contract (`distiller.packaging.contract`, a module
+of plain dataclasses), and its safetensors sidecars. The source's own loader supplies the real test images, as
 `source.loader` and `source.test_split` say: scikit-learn's digits at the split sidecar's indices; torchvision's
 MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 test splits from the original archives in <project root>/data/raw;
 the `test` split of an `hf:` dataset; the images of an `imagefolder:` source at the split sidecar's indices.
@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from distiller.contract import Contract
+from distiller.packaging.contract import Contract
 
 folder, config = sys.argv[1], sys.argv[2]
 runs = int(sys.argv[3]) if len(sys.argv) > 3 else 5

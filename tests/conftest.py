@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import TINY, write_params
 
-from distiller._runtime import configure_torch
-from distiller.params import Params, params_from_dict
+from distiller.core.params import Params, params_from_dict
+from distiller.core.runtime import configure_torch
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def tiny_yaml(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits():
-    from distiller.data import prepare
+    from distiller.data.prepare import prepare
 
     return prepare(Params().data)
 

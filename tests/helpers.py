@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from distiller.params import Params, params_from_dict, to_dict
-from distiller.paths import Layout
+from distiller.core.params import Params, params_from_dict, to_dict
+from distiller.core.paths import Layout
 
 # Tiny settings: every stage runs in about a second on the CPU. DISTILLER_TEST_DEVICE=cuda runs them on a GPU.
 TINY: dict = {

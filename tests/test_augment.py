@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from distiller._runtime import generator
-from distiller.augment import augment_pair, dsa
-from distiller.params import AUG_FAMILIES, AugmentParams, Families
+from distiller.core.params import AUG_FAMILIES, AugmentParams, Families
+from distiller.core.runtime import generator
+from distiller.nets.augment import augment_pair, dsa
 
 FAMILIES = list(AUG_FAMILIES)
 

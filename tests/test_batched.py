@@ -8,19 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from distiller import batched, experts
-from distiller import train as train_module
-from distiller._runtime import generator
-from distiller.augment import dsa, dsa_many
-from distiller.buffer import load_trajectory
-from distiller.evaluate import protocol_for, score
-from distiller.experts import train_expert, train_experts
-from distiller.models import build_model
-from distiller.params import AugmentParams, Families, ModelParams
-from distiller.paths import Layout
+from distiller.core.params import AugmentParams, Families, ModelParams
+from distiller.core.paths import Layout
+from distiller.core.runtime import generator
+from distiller.methods import experts
+from distiller.methods.buffer import load_trajectory
+from distiller.methods.experts import train_expert, train_experts
+from distiller.methods.synthetic import real_subset
+from distiller.nets import batched
+from distiller.nets import train as train_module
+from distiller.nets.augment import dsa, dsa_many
+from distiller.nets.models import build_model
+from distiller.nets.train import SGDConfig, networks_at_once, train, train_many
+from distiller.scoring.evaluate import protocol_for, score
 from distiller.stages import download, expert_buffer
-from distiller.synthetic import real_subset
-from distiller.train import SGDConfig, networks_at_once, train, train_many
 
 CPU = torch.device("cpu")
 

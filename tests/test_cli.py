@@ -10,10 +10,10 @@ import torch
 from helpers import TINY, tiny, write_params
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.params import Families, load_params
-from distiller.paths import Layout
-from distiller.synthetic import load as load_synthetic
+from distiller.cli.app import app
+from distiller.core.params import Families, load_params
+from distiller.core.paths import Layout
+from distiller.methods.synthetic import load as load_synthetic
 
 runner = CliRunner()
 COMMANDS = ["download", "expert-buffer", "distill", "evaluate", "package"]

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from distiller.data import prepare, stratified_split
-from distiller.errors import DistillerError
-from distiller.params import DataParams
-from distiller.prepared import load_prepared, save_prepared
+from distiller.core.errors import DistillerError
+from distiller.core.params import DataParams
+from distiller.data.prepare import prepare, stratified_split
+from distiller.data.prepared import load_prepared, save_prepared
 
 
 def test_digits_split_is_stratified_and_fixed(digits):
@@ -103,7 +103,7 @@ def test_zca_whitens_train_and_test_with_the_training_fit(zca, digits):
 
 
 def test_zca_with_a_small_eps_gives_identity_covariance():
-    from distiller.data import fit_zca
+    from distiller.data.prepare import fit_zca
 
     g = torch.Generator().manual_seed(0)
     mixed = torch.randn(2000, 12, generator=g) @ torch.randn(12, 12, generator=g)  # correlated features
@@ -114,7 +114,7 @@ def test_zca_with_a_small_eps_gives_identity_covariance():
 
 
 def test_zca_inverse_round_trips_to_pixels(zca):
-    from distiller.prepared import preprocess, to_unit
+    from distiller.data.prepared import preprocess, to_unit
 
     pixels = _digit_pixels()[zca.test_indices]
     assert torch.allclose(to_unit(zca.test_images, zca), pixels, atol=1e-5)
@@ -147,9 +147,9 @@ def test_a_validation_split_is_carved_out_of_train_and_never_packaged(digits, tm
     from helpers import STAGES, make_project, tiny
     from typer.testing import CliRunner
 
-    from distiller.cli import app
-    from distiller.params import Params
-    from distiller.prepared import to_unit
+    from distiller.cli.app import app
+    from distiller.core.params import Params
+    from distiller.data.prepared import to_unit
 
     tuned = prepare(dataclasses.replace(Params().data, validation=0.2))
     assert tuned.held_out == "validation"

@@ -10,12 +10,12 @@ import pytest
 from helpers import STAGES, make_project, tiny
 from typer.testing import CliRunner
 
-from distiller import ddranking
-from distiller.cli import app
-from distiller.files import read_sealed_json
-from distiller.params import params_from_dict
-from distiller.paths import Layout
-from distiller.validate import read_card, validate
+from distiller.cli.app import app
+from distiller.core.files import read_sealed_json
+from distiller.core.params import params_from_dict
+from distiller.core.paths import Layout
+from distiller.packaging.validate import read_card, validate
+from distiller.scoring import ddranking
 
 runner = CliRunner()
 E = math.e

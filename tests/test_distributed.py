@@ -16,10 +16,10 @@ import pytest
 import torch
 from helpers import make_project, tiny
 
-from distiller.boost import reference_share
-from distiller.distributed import SINGLE, World
-from distiller.paths import Layout
-from distiller.synthetic import load as load_synthetic
+from distiller.core.distributed import SINGLE, World
+from distiller.core.paths import Layout
+from distiller.methods.boost import reference_share
+from distiller.methods.synthetic import load as load_synthetic
 
 pytestmark = pytest.mark.integration
 RAW = tiny(expert={"num_experts": 3, "epochs": 2}, distill={"ipc": 2, "budgets": [1]}, evaluate={"prefixes": True})

@@ -108,10 +108,13 @@ def test_an_edited_module_makes_exactly_the_stages_that_run_it_stale(repo: Path)
             path.write_text(original)
 
     assert stale_after_editing("distiller/stages/evaluate.py") == {"evaluate"}
-    assert stale_after_editing("distiller/scorecard.py") == {"evaluate"}
-    assert stale_after_editing("distiller/mtt.py") == {"distill"}
-    assert stale_after_editing("distiller/readme.py") == {"package"}
-    assert stale_after_editing("distiller/params.py") == {"download", "expert-buffer", "distill", "evaluate", "package"}
+    assert stale_after_editing("distiller/scoring/scorecard.py") == {"evaluate"}
+    assert stale_after_editing("distiller/methods/mtt.py") == {"distill"}
+    assert stale_after_editing("distiller/packaging/readme.py") == {"package"}
+    every = {"download", "expert-buffer", "distill", "evaluate", "package"}
+    assert stale_after_editing("distiller/core/params.py") == every
+    assert stale_after_editing("distiller/core/session.py") == every  # the lock runs with every stage command
+    assert stale_after_editing("distiller/cli/app.py") == set()  # options and help text only
 
     path = repo / "distiller/stages/evaluate.py"
     path.write_text(path.read_text().replace('"""', '"""Edited. ', 1))

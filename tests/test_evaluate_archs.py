@@ -10,11 +10,11 @@ import pytest
 import yaml
 from helpers import make_project, tiny
 
-from distiller import scorecard
-from distiller.errors import DistillerError
-from distiller.files import json_seal
-from distiller.params import Params, params_from_dict
-from distiller.paths import Layout
+from distiller.core.errors import DistillerError
+from distiller.core.files import json_seal
+from distiller.core.params import Params, params_from_dict
+from distiller.core.paths import Layout
+from distiller.scoring import scorecard
 from distiller.stages import distill, evaluate, expert_buffer, package
 
 

@@ -4,10 +4,10 @@ import shutil
 import pytest
 import torch
 
-from distiller.buffer import load_buffer, load_trajectory, manifest, save_trajectory, write_manifest
-from distiller.errors import DistillerError
-from distiller.experts import train_expert
-from distiller.params import ModelParams
+from distiller.core.errors import DistillerError
+from distiller.core.params import ModelParams
+from distiller.methods.buffer import load_buffer, load_trajectory, manifest, save_trajectory, write_manifest
+from distiller.methods.experts import train_expert
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from helpers import make_project, tiny
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.paths import Layout
+from distiller.cli.app import app
+from distiller.core.paths import Layout
 
 runner = CliRunner()
 RAW = tiny(expert={"num_experts": 2, "epochs": 3})

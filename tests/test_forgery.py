@@ -15,12 +15,12 @@ import torch
 from helpers import STAGES, make_project, tiny
 from typer.testing import CliRunner
 
-from distiller import checkpoint as ckpt
-from distiller import mtt
-from distiller.cli import app
-from distiller.files import load_safetensors, read_sealed_json, save_safetensors, write_sealed_json
-from distiller.params import params_from_dict
-from distiller.paths import Layout
+from distiller.cli.app import app
+from distiller.core import checkpoint as ckpt
+from distiller.core.files import load_safetensors, read_sealed_json, save_safetensors, write_sealed_json
+from distiller.core.params import params_from_dict
+from distiller.core.paths import Layout
+from distiller.methods import mtt
 
 runner = CliRunner()
 RAW = tiny(distill={"ipc": 2, "budgets": [1]}, evaluate={"prefixes": True})
@@ -70,7 +70,7 @@ def _accuracy(value):
     return lambda m: m["budgets"]["2"]["distilled"].__setitem__("mean", value)
 
 
-SYNTHETIC = ("distiller.synthetic", "2")
+SYNTHETIC = ("distiller.methods.synthetic", "2")
 TRAJECTORY = ("distiller.trajectory", "2")
 CASES = {  # name -> (forge the project, stage that reads it, what its one line says)
     "manifest epochs not a number": (
@@ -181,7 +181,7 @@ def test_prepared_data_of_other_params_is_refused(project: Path):
 
 
 def test_diverged_experts_are_refused_by_the_stage_that_trains_them(project: Path):
-    from distiller import experts
+    from distiller.methods import experts
 
     real = experts.train_many
 
@@ -276,7 +276,7 @@ def test_usage_errors_are_one_line():
 
 def test_metrics_json_stays_valid_json():
     """A NaN final loss is written as null, never as the NaN that JSON has no word for."""
-    from distiller.files import write_json
+    from distiller.core.files import write_json
 
     with pytest.raises(ValueError):
         json.dumps(float("nan"), allow_nan=False)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import STAGES, make_project, tiny
 
-from distiller.paths import Layout
-from distiller.synthetic import load as load_synthetic
+from distiller.core.paths import Layout
+from distiller.methods.synthetic import load as load_synthetic
 
 pytestmark = pytest.mark.gpu
 

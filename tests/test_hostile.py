@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.config import parse_override
-from distiller.errors import DistillerError
-from distiller.params import load_params, params_from_dict
-from distiller.paths import Layout
-from distiller.session import project_lock
+from distiller.cli.app import app
+from distiller.core.config import parse_override
+from distiller.core.errors import DistillerError
+from distiller.core.params import load_params, params_from_dict
+from distiller.core.paths import Layout
+from distiller.core.session import project_lock
 
 runner = CliRunner()
 
@@ -139,7 +139,7 @@ def test_yaml_with_anchors_and_aliases_loads_or_fails_cleanly(data, anchors):
     text = ladder + yaml.safe_dump({"seed": data}) if anchors == 0 else ladder + f"seed: *k{anchors - 1}\n"
     try:
         load_params(None, {"seed": parse_override(f"seed={json.dumps(data)}")[1]})
-        from distiller import safeyaml
+        from distiller.core import safeyaml
 
         safeyaml.loads(text, "doc")
     except DistillerError as e:
@@ -232,7 +232,7 @@ def test_damaged_artifacts_are_refused_by_name(project: Path, case):
 
 
 def test_an_edited_checkpoint_is_refused_not_resumed(project: Path):
-    from distiller import mtt
+    from distiller.methods import mtt
 
     real, calls = mtt.mtt_loss, {"n": 0}
 
@@ -461,8 +461,8 @@ def test_a_failing_disk_leaves_the_previous_outputs_whole(project: Path, name, c
     """Every atomic write fsyncs its file and every output is made in a temporary file or folder: fail those and
     the stage must stop with one line naming the path, leaving every earlier output byte for byte."""
     before = _snapshot(project)
-    target = "distiller.files.tempfile.mkstemp" if code == errno.EROFS else "distiller.files.os.fsync"
-    with patch(target, _failing(code)), patch("distiller.files.tempfile.mkdtemp", _failing(code)):
+    target = "distiller.core.files.tempfile.mkstemp" if code == errno.EROFS else "distiller.core.files.os.fsync"
+    with patch(target, _failing(code)), patch("distiller.core.files.tempfile.mkdtemp", _failing(code)):
         refused(stage(name, project), FAULTS[code])
     assert _snapshot(project) == before
     assert not list(project.rglob("*.tmp"))
@@ -476,7 +476,7 @@ def test_publish_to_dir_on_a_failing_disk_leaves_nothing(folder: Path, tmp_path:
     def copyfile(src, dst, **kwargs):  # the disk of the destination fails, not validation's scratch copy
         return fail(dst) if Path(tmp_path / "out") in Path(dst).parents else real(src, dst, **kwargs)
 
-    with patch("distiller.folder.shutil.copyfile", copyfile):
+    with patch("distiller.packaging.folder.shutil.copyfile", copyfile):
         refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), FAULTS[code])
     assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
 
@@ -494,7 +494,7 @@ def test_running_out_of_memory_is_one_line_naming_the_size_params(project: Path,
     def allocate(*args, **kwargs):
         raise error
 
-    with patch("distiller.mtt.distill", allocate):
+    with patch("distiller.methods.mtt.distill", allocate):
         refused(stage("distill", project), "out of memory", "distill.ipc", "data.resolution")
     assert _snapshot(project) == before
 

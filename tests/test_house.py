@@ -28,7 +28,7 @@ def test_no_function_is_longer_than_80_lines_and_no_module_than_300():
 
 def test_every_distill_driver_fits_on_a_screen():
     for name in ("mtt", "ratbptt"):
-        tree = ast.parse((ROOT / "distiller" / f"{name}.py").read_text())
+        tree = ast.parse((ROOT / "distiller" / "methods" / f"{name}.py").read_text())
         (driver,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "distill"]
         assert driver.end_lineno - driver.lineno + 1 <= 60, name
 
@@ -87,3 +87,43 @@ def _generated(ref: str) -> bool:
             "/",
         )
     )
+
+
+LAYERS = ("cli", "stages", "packaging", "scoring", "methods", "nets", "data", "core")  # top to bottom
+
+
+def test_every_module_lives_in_a_layer_that_says_what_it_holds():
+    """The folders show the architecture: no loose modules, and each layer's __init__ says what lives there and what
+    it may import (pyproject.toml's import-linter contract enforces it: `lint-imports` in .ci/run)."""
+    package = ROOT / "distiller"
+    loose = sorted(p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert not loose, loose
+    folders = sorted(p.name for p in package.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(LAYERS)
+    for layer in LAYERS:
+        doc = ast.get_docstring(ast.parse((package / layer / "__init__.py").read_text()))
+        assert doc and "May import:" in doc, f"distiller/{layer}/__init__.py"
+
+
+def test_no_import_cycle_between_modules():
+    """No module reaches itself through imports (lazy imports inside functions included)."""
+    from test_dvc_deps import imported, module_file
+
+    graph = {
+        p: {f for f in map(module_file, imported(p)) if f is not None and f != p and f.name != "__init__.py"}
+        for p in MODULES
+    }
+
+    def reaches(start: Path, goal: Path) -> bool:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo += graph.get(node, ())
+        return False
+
+    cycles = [str(p.relative_to(ROOT)) for p in MODULES if reaches(p, p)]
+    assert not cycles, cycles

@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from distiller._runtime import generator
-from distiller.errors import DistillerError
-from distiller.models import build_model, describe
-from distiller.params import ModelParams
+from distiller.core.errors import DistillerError
+from distiller.core.params import ModelParams
+from distiller.core.runtime import generator
+from distiller.nets.models import build_model, describe
 
 
 def test_convnet_is_buffer_free_and_functional_call_matches_forward():
@@ -131,10 +131,10 @@ def test_convnet_description_is_unchanged():
 def test_the_card_describes_the_convnet_that_reproduce_rebuilds(shape):
     """The card's architecture is enough to rebuild the network a set was scored with, the first
     conv's wider padding on 28x28 inputs included: same parameters, same outputs."""
-    from distiller import config
-    from distiller.card import rebuildable
-    from distiller.contract import Architecture
-    from distiller.reproduce import convnet
+    from distiller.core import config
+    from distiller.packaging.card import rebuildable
+    from distiller.packaging.contract import Architecture
+    from distiller.packaging.reproduce import convnet
 
     p = ModelParams(width=8, depth=2)
     ours = build_model(p, shape, 10, torch.Generator().manual_seed(0))

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distiller._runtime import generator
-from distiller.buffer import ExpertBuffer
-from distiller.experts import train_expert
-from distiller.models import build_model
-from distiller.mtt import Student, distill, meta_gradient, minibatches, mtt_loss, sgd_step, student_unroll
-from distiller.params import AugmentParams, Families, ModelParams, MTTParams
-from distiller.run import Context
+from distiller.core.params import AugmentParams, Families, ModelParams, MTTParams
+from distiller.core.runtime import generator
+from distiller.methods.buffer import ExpertBuffer
+from distiller.methods.experts import train_expert
+from distiller.methods.mtt import Student, distill, meta_gradient, minibatches, mtt_loss, sgd_step, student_unroll
+from distiller.methods.run import Context
+from distiller.nets.models import build_model
 
 MODES = ("full", "checkpoint", "tesla")
 

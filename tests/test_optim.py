@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from distiller._runtime import generator
-from distiller.models import build_model
-from distiller.optim import SGD, Adam
-from distiller.params import ModelParams
+from distiller.core.params import ModelParams
+from distiller.core.runtime import generator
+from distiller.nets.models import build_model
+from distiller.nets.optim import SGD, Adam
 
 
 def _run_both(functional, reference_cls, steps=6, **kw):

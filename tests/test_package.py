@@ -13,12 +13,12 @@ import torch
 from helpers import STAGES, TINY, make_project, tiny
 from typer.testing import CliRunner
 
-from distiller import package
-from distiller.cli import app
-from distiller.params import params_from_dict
-from distiller.paths import Layout
-from distiller.prepared import load_prepared
-from distiller.synthetic import load as load_synthetic
+from distiller.cli.app import app
+from distiller.core.params import params_from_dict
+from distiller.core.paths import Layout
+from distiller.data.prepared import load_prepared
+from distiller.methods.synthetic import load as load_synthetic
+from distiller.packaging import package
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -173,7 +173,7 @@ def test_zca_transform_is_packaged_with_the_set(tmp_path: Path):
     from PIL import Image
     from safetensors import safe_open
 
-    from distiller.prepared import to_unit
+    from distiller.data.prepared import to_unit
 
     folder = _build(tmp_path, data={"preprocess": "zca"}, evaluate={"full_data_runs": 0})
     prepared = load_prepared(Layout(tmp_path).prepared)
@@ -204,8 +204,8 @@ def test_card_to_contract_to_card_is_the_same_text(which, mtt_folder: Path, rat_
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard
 
-    from distiller.contract import Contract
-    from distiller.readme import render
+    from distiller.packaging.contract import Contract
+    from distiller.packaging.readme import render
 
     folder = {"mtt": mtt_folder, "rat": rat_folder}[which]
     card = DatasetCard.load(folder / "README.md")
@@ -311,7 +311,7 @@ def test_the_card_alone_reproduces_training(mtt_folder: Path, tmp_path: Path):
 
 
 def test_git_dirty_counts_code_not_the_tools_own_outputs(tmp_path: Path):
-    from distiller.provenance import git_state
+    from distiller.core.provenance import git_state
 
     def sh(*args: str) -> None:
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distiller.config import parse_override
-from distiller.errors import DistillerError
-from distiller.params import Families, Params, load_params, params_from_dict, render, to_dict
+from distiller.core.config import parse_override
+from distiller.core.errors import DistillerError
+from distiller.core.params import Families, Params, load_params, params_from_dict, render, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from helpers import STAGES, make_project, tiny
 from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.paths import Layout
+from distiller.cli.app import app
+from distiller.core.paths import Layout
 
 runner = CliRunner()
 SECRET = "hf_SECRETtokenDoNotPrint0123456789"

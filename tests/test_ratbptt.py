@@ -5,10 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from distiller import boost, ratbptt
-from distiller._runtime import generator
-from distiller.models import build_model
-from distiller.params import (
+from distiller.core.params import (
     AugmentParams,
     Families,
     ModelParams,
@@ -17,9 +14,12 @@ from distiller.params import (
     effective_budgets,
     params_from_dict,
 )
-from distiller.ratbptt import MetaBatch, draw_warmup, inner_optimizer, ratbptt_meta_loss, real_loss, unroll
-from distiller.run import Context
-from distiller.synthetic import initial_images
+from distiller.core.runtime import generator
+from distiller.methods import boost, ratbptt
+from distiller.methods.ratbptt import MetaBatch, draw_warmup, inner_optimizer, ratbptt_meta_loss, real_loss, unroll
+from distiller.methods.run import Context
+from distiller.methods.synthetic import initial_images
+from distiller.nets.models import build_model
 
 
 def _window_problem(optimizer: str):

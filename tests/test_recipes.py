@@ -13,9 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.params import load_params
-from distiller.recipes import catalogue, dotted, merged
+from distiller.cli.app import app
+from distiller.core.params import load_params
+from distiller.core.recipes import catalogue, dotted, merged
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

@@ -19,16 +19,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from distiller import checkpoint as ckpt
-from distiller import files, mtt, ratbptt
-from distiller.buffer import load_buffer, load_trajectory
-from distiller.cli import app
-from distiller.errors import DistillerError
-from distiller.params import Params, load_params, params_from_dict
-from distiller.paths import Layout
-from distiller.prepared import load_prepared
-from distiller.run import Context
-from distiller.synthetic import load as load_synthetic
+from distiller.cli.app import app
+from distiller.core import checkpoint as ckpt
+from distiller.core import files
+from distiller.core.errors import DistillerError
+from distiller.core.params import Params, load_params, params_from_dict
+from distiller.core.paths import Layout
+from distiller.data.prepared import load_prepared
+from distiller.methods import mtt, ratbptt
+from distiller.methods.buffer import load_buffer, load_trajectory
+from distiller.methods.run import Context
+from distiller.methods.synthetic import load as load_synthetic
 
 runner = CliRunner()
 
@@ -42,7 +43,7 @@ def slow(src, dst, *a, **k):
         time.sleep(1)
     return real(src, dst, *a, **k)
 os.replace = slow
-from distiller.cli import main
+from distiller.cli.app import main
 sys.argv[0] = "distiller"
 main()
 """

@@ -14,11 +14,11 @@ import yaml
 from helpers import STAGES, make_project, tiny
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.files import load_safetensors, save_safetensors
-from distiller.params import params_from_dict
-from distiller.paths import Layout
-from distiller.sources import archives
+from distiller.cli.app import app
+from distiller.core.files import load_safetensors, save_safetensors
+from distiller.core.params import params_from_dict
+from distiller.core.paths import Layout
+from distiller.data.sources import archives
 
 runner = CliRunner()
 pytestmark = pytest.mark.integration

@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from distiller.cli import app
-from distiller.data import prepare
-from distiller.errors import DistillerError
-from distiller.params import DataParams
-from distiller.paths import Layout
-from distiller.prepared import load_prepared, to_unit
-from distiller.sources import archives
+from distiller.cli.app import app
+from distiller.core.errors import DistillerError
+from distiller.core.params import DataParams
+from distiller.core.paths import Layout
+from distiller.data.prepare import prepare
+from distiller.data.prepared import load_prepared, to_unit
+from distiller.data.sources import archives
 
 runner = CliRunner()
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -383,7 +383,7 @@ def png_bomb(width: int, height: int) -> bytes:
     ids=["bomb", "bomb below PIL's error", "garbage", "truncated"],
 )
 def test_hostile_images_in_an_imagefolder_are_one_line(project: Path, monkeypatch, content, fragment):
-    from distiller.sources import images
+    from distiller.data.sources import images
 
     monkeypatch.setattr(images, "MAX_PIXELS", 50_000_000)
     folder = project / "pics"

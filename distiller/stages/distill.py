@@ -12,17 +12,20 @@ import datetime
 import time
 from typing import Any
 
-from distiller import boost, distributed, models, mtt, plots, synthetic
-from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
-from distiller.buffer import ExpertBuffer, load_buffer
-from distiller.checkpoint import Store, fingerprint
-from distiller.distributed import World
-from distiller.files import atomic_dir, csv_text, write_json, write_text
-from distiller.params import Params, effective_budgets, to_dict
-from distiller.paths import Layout
-from distiller.prepared import load_prepared
-from distiller.provenance import stamp
-from distiller.run import Context
+from distiller.core import distributed
+from distiller.core.checkpoint import Store, fingerprint
+from distiller.core.distributed import World
+from distiller.core.files import atomic_dir, csv_text, write_json, write_text
+from distiller.core.params import Params, effective_budgets, to_dict
+from distiller.core.paths import Layout
+from distiller.core.provenance import stamp
+from distiller.core.runtime import SILENT, Reporter, configure_torch, resolve_device
+from distiller.data.prepared import load_prepared
+from distiller.methods import boost, mtt, synthetic
+from distiller.methods.buffer import ExpertBuffer, load_buffer
+from distiller.methods.run import Context
+from distiller.nets import models
+from distiller.scoring import plots
 
 WAIT = datetime.timedelta(days=7)  # a rank waits for the others' runs, however long (a rank that dies is seen at once)
 
@@ -31,7 +34,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
     """Distill with `distill.method`; writes the set, its curves and pictures and the metrics. Returns a summary.
 
     In a torchrun job (`distill.nproc`), RaT-BPTT's direct references are distilled by the ranks other than 0, which
-    boosts (`distiller.boost`) and alone writes; an MTT run has one unit of work, so rank 0 does it all."""
+    boosts (`distiller.methods.boost`) and alone writes; an MTT run has one unit of work, so rank 0 does it all."""
     configure_torch()
     models.check_distillable(p.model)
     with distributed.world(resolve_device(p.device), timeout=WAIT) as w:

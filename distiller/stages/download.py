@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distiller._runtime import SILENT, Reporter, configure_torch
-from distiller.data import prepare
-from distiller.params import Params
-from distiller.paths import Layout
-from distiller.prepared import Prepared, save_prepared
-from distiller.sources import archives
+from distiller.core.params import Params
+from distiller.core.paths import Layout
+from distiller.core.runtime import SILENT, Reporter, configure_torch
+from distiller.data.prepare import prepare
+from distiller.data.prepared import Prepared, save_prepared
+from distiller.data.sources import archives
 
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT, *, from_dir: Path | None = None) -> Prepared:

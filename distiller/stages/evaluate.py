@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from distiller import distributed, plots, synthetic
-from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
-from distiller.errors import DistillerError
-from distiller.files import atomic_dir, csv_text, write_json, write_sealed_json, write_text
-from distiller.params import Params
-from distiller.paths import Layout
-from distiller.prepared import load_prepared
-from distiller.scorecard import budget_table, scorecard
+from distiller.core import distributed
+from distiller.core.errors import DistillerError
+from distiller.core.files import atomic_dir, csv_text, write_json, write_sealed_json, write_text
+from distiller.core.params import Params
+from distiller.core.paths import Layout
+from distiller.core.runtime import SILENT, Reporter, configure_torch, resolve_device
+from distiller.data.prepared import load_prepared
+from distiller.methods import synthetic
+from distiller.scoring import plots
+from distiller.scoring.scorecard import budget_table, scorecard
 
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
-    """Score the synthetic set and, under the same protocol and seeds, its references (`distiller.scorecard`); in a
-    torchrun job the ranks share the networks out and rank 0 writes (`distiller.distributed`)."""
+    """Score the synthetic set and, under the same protocol and seeds, its references (`distiller.scoring.scorecard`);
+    in a torchrun job the ranks share the networks out and rank 0 writes (`distiller.core.distributed`)."""
     configure_torch()
     with distributed.world(resolve_device(p.device)) as w:
         device = w.device(resolve_device(p.device))

@@ -5,21 +5,24 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-from distiller import buffer, distributed, experts, experts_hub, models
-from distiller._runtime import SILENT, Reporter, configure_torch, resolve_device
-from distiller.checkpoint import Store, fingerprint
-from distiller.errors import DistillerError
-from distiller.files import atomic_dir
-from distiller.params import Params
-from distiller.paths import Layout
-from distiller.prepared import Prepared, load_prepared
+from distiller.core import distributed
+from distiller.core.checkpoint import Store, fingerprint
+from distiller.core.errors import DistillerError
+from distiller.core.files import atomic_dir
+from distiller.core.params import Params
+from distiller.core.paths import Layout
+from distiller.core.runtime import SILENT, Reporter, configure_torch, resolve_device
+from distiller.data.prepared import Prepared, load_prepared
+from distiller.methods import buffer, experts
+from distiller.nets import models
+from distiller.packaging import experts_hub
 
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
     """Train `expert.num_experts` experts and write their trajectories; returns their final test accuracies.
 
     Each expert depends only on its index, so finished experts are checkpointed whole and a rerun after a kill trains
-    only the missing ones; in a torchrun job the ranks share them out and rank 0 writes (`distiller.distributed`).
+    only the missing ones; in a torchrun job the ranks share them out and rank 0 writes (`distiller.core.distributed`).
     RaT-BPTT needs no experts: the stage then writes a manifest saying so, in no time."""
     configure_torch()
     models.check_distillable(p.model)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distiller import package
-from distiller._runtime import SILENT, Reporter, configure_torch
-from distiller.params import Params
-from distiller.paths import Layout
+from distiller.core.params import Params
+from distiller.core.paths import Layout
+from distiller.core.runtime import SILENT, Reporter, configure_torch
+from distiller.packaging import package
 
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> Path:
-    """Build the folder from the distilled set and its evaluation (`distiller.package`)."""
+    """Build the folder from the distilled set and its evaluation (`distiller.packaging.package`)."""
     configure_torch()
     return package.build(p, layout)
 

@@ -1,0 +1,90 @@
+"""Expert buffers as shareable artifacts: published as a Hub model repo, fetched by `expert.from` instead of trained.
+
+MTT's buffer is the expensive part of a run (CIFAR-10: 100 experts x 50 epochs). `distiller publish experts` checks
+the buffer (its sealed manifest, and every trajectory against the seal the manifest records) and uploads its files
+with a card (architecture, data hash, preprocessing, lr, epochs, the experts' accuracies) as one commit of a model
+repo, tagged v<version>. With `expert.from: hf:org/name[@revision]` (or a folder), the expert-buffer stage fetches a
+buffer and verifies it against this run instead of training: the data hash (which covers the preprocessing) and the
+architecture must be this run's, or the buffer is refused by name; then its files become `artifacts/experts/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distiller.core.errors import DistillerError
+from distiller.core.files import read_sealed_json
+from distiller.methods.buffer import FORMAT_VERSION, MANIFEST, load_trajectory
+
+CARD = "README.md"
+
+
+def checked_manifest(folder: Path) -> dict[str, Any]:
+    """The buffer's manifest, after every trajectory it lists was read and matched against its recorded seal."""
+    info = read_sealed_json(folder / MANIFEST, "expert manifest", "an expert buffer folder holds one")
+    if info.get("format") != "distiller.methods.experts" or info.get("format_version") != FORMAT_VERSION:
+        raise DistillerError(f"{folder / MANIFEST}: not a distiller expert manifest of format {FORMAT_VERSION}")
+    files, seals = info.get("files"), info.get("seals")
+    if not isinstance(files, list) or not files or not isinstance(seals, list) or len(seals) != len(files):
+        raise DistillerError(f"{folder / MANIFEST}: the buffer holds no experts (distill.method was not mtt?)")
+    for name, seal in zip(files, seals, strict=True):
+        load_trajectory(folder / str(name), info, seal)
+    return info
+
+
+def card(info: dict[str, Any], version: str) -> str:
+    """The model card: what the experts were trained on and with, and how well they do."""
+    accs = [float(a) for a in info.get("test_accuracy", [])]
+    arch = info["architecture"]
+    front = {
+        "library_name": "distiller",
+        "license": "other",
+        "tags": ["dataset-distillation", "mtt", "expert-trajectories", "distiller"],
+        "distiller_experts": {k: v for k, v in info.items() if k not in ("files", "seals")} | {"version": version},
+    }
+    summary = f"{100 * statistics.fmean(accs):.2f} % (min {100 * min(accs):.2f}, max {100 * max(accs):.2f})"
+    return (
+        f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n"
+        f"# MTT expert trajectories: {info['num_experts']} x {info['epochs']} epochs on {info['dataset']}\n\n"
+        f"Each `expert_NNN.safetensors` holds one expert's parameters before training and after every epoch, by name "
+        f"(`epoch003/features.0.weight`), sealed; `{MANIFEST}` lists them with their seals. Trained with "
+        f"{info['optimizer']} at lr {info['lr']}, batch {info['batch_size']}, seed {info['seed']}, on the prepared "
+        f"data of hash `{info['dataset_hash']}` ({info.get('preprocess', 'normalize')}); network: "
+        f"`{json.dumps(arch)}`. Final test accuracy of the experts: {summary}.\n\n"
+        f"Use them in a distiller project with `expert.from: hf:<this repo>@v{version}`: the expert-buffer stage "
+        f"fetches and verifies them (same data hash and network) instead of training.\n"
+    )
+
+
+def stage(folder: Path, out: Path, version: str) -> list[str]:
+    """Copy a checked buffer and its card into the empty folder `out`; returns the files to upload."""
+    info = checked_manifest(folder)
+    names = [MANIFEST, *info["files"]]
+    for name in names:
+        shutil.copyfile(folder / name, out / name)
+    (out / CARD).write_text(card(info, version))
+    return [CARD, *names]
+
+
+def fetch(spec: str) -> Path:
+    """`hf:org/name[@revision]` downloaded (a model repo), or a local buffer folder."""
+    if not spec.startswith("hf:"):
+        folder = Path(spec)
+        if not folder.is_dir():
+            raise DistillerError(f"expert.from {spec}: not a folder (give hf:org/name[@revision] or a buffer folder)")
+        return folder
+    repo, _, revision = spec.removeprefix("hf:").partition("@")
+    if repo.count("/") != 1:
+        raise DistillerError(f"expert.from {spec}: give hf:org/name[@revision]")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, repo_type="model", revision=revision or None))
+    except Exception as e:  # not found, offline, no such revision, ...
+        raise DistillerError(f"expert.from {spec}: cannot fetch it from the Hub ({type(e).__name__})") from None

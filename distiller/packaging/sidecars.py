@@ -1,0 +1,73 @@
+"""A packaged folder's sidecars and pictures, checked against the card that describes them (for `validate`).
+
+The preprocessing sidecar is what a consumer puts real test images through, and the split sidecar says which images
+those are: each must be the file distiller wrote (its format and seal) and say what the card says. Normalisation: a
+mean and a positive std per channel, equal to the card's (which rounds them to 8 decimals). ZCA: a mean of C*H*W
+values, a matrix and its inverse of that side, with the card's eps. Split: the card's tensor, `count` distinct
+non-negative indices. A picture the card shows (or the package stage copies) must be a readable image.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from distiller.core.errors import DistillerError
+from distiller.core.files import load_safetensors
+from distiller.packaging.contract import Contract
+
+FORMATS = {"normalize": "distiller.normalization", "zca": "distiller.zca"}
+
+
+def _load(staged: Path, path: Path, fmt: str) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    try:
+        return load_safetensors(staged, fmt, "1", "sidecar")
+    except DistillerError as e:
+        raise DistillerError(f"{path}: sidecar missing or unreadable ({str(e).split(': ', 1)[-1]})") from None
+
+
+def check(staged: Path, folder: Path, contract: Contract) -> None:
+    """Every sidecar of `contract` in the staged copy `staged` of `folder` (errors name the folder's file)."""
+    pre, arch = contract.preprocessing, contract.protocol.architecture
+    c, h, w = arch.input_shape
+    path = folder / pre.file
+    tensors, meta = _load(staged / pre.file, path, FORMATS.get(pre.kind, pre.kind))
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise DistillerError(f"{path}: the sidecar holds NaN or infinite values")
+    if pre.kind == "zca":
+        d = c * h * w
+        shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+        if shapes != {"mean": (1, d), "matrix": (d, d), "inverse": (d, d)} or meta.get("eps") != pre.eps:
+            raise DistillerError(f"{path}: not the ZCA transform the card describes (C*H*W = {d}, eps {pre.eps})")
+    else:
+        for name, claimed in (("mean", pre.mean), ("std", pre.std)):
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != (c,) or claimed is None or len(claimed) != c:
+                raise DistillerError(f"{path}: no {name} of {c} channel(s) as the card describes")
+            if not all(math.isclose(float(a), b, abs_tol=1e-8) for a, b in zip(t, claimed, strict=True)):
+                raise DistillerError(f"{path}: its {name} {t.tolist()} is not the card's {list(claimed)}")
+        if not bool((tensors["std"] > 0).all()):
+            raise DistillerError(f"{path}: a std of 0 or less")
+    split = contract.source.test_split
+    if split.kind == "indices" and split.file:
+        path = folder / split.file
+        tensors, _ = _load(staged / split.file, path, "distiller.split")
+        idx = tensors.get(split.tensor or "")
+        if idx is None or idx.dtype != torch.int64 or idx.ndim != 1 or len(idx) != split.count:
+            raise DistillerError(f"{path}: no tensor '{split.tensor}' of {split.count} indices as the card says")
+        if len(idx) and (int(idx.min()) < 0 or len(torch.unique(idx)) != len(idx)):
+            raise DistillerError(f"{path}: the test indices are not distinct non-negative indices")
+
+
+def check_picture(path: Path, fix: str) -> None:
+    """A picture (the card's grid or budget plot): a regular file holding an image PIL can read, of a sane size."""
+    if path.is_symlink() or not path.is_file():
+        raise DistillerError(f"{path}: missing or not a regular file; {fix}")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DistillerError(f"{path}: not a readable image ({type(e).__name__}); {fix}") from None

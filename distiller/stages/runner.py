@@ -1,0 +1,62 @@
+"""What a stage command runs around its stage module: params, the progress display and error contract, the project
+lock, and the torchrun job when the stage is spread over processes.
+
+`distiller <stage>` parses its options (`distiller.cli.app`) and calls `run_stage`, so everything here runs with the
+stage and `dvc.yaml` lists it among every stage's deps (tests/test_dvc_deps.py checks it, by the imports and by
+running each stage command).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from distiller.core.errors import DistillerError
+from distiller.core.launch import LAUNCHED, in_torchrun, launch, rank, share_cores
+from distiller.core.paths import Layout
+from distiller.core.session import project_lock, session
+
+
+def load(params: Path | None, overrides: list[str] | None, extra: dict[str, Any] | None = None) -> Any:
+    """The params file with `-S` overrides and the command's own options (those not None) applied."""
+    from distiller.core.config import parse_override
+    from distiller.core.params import load_params
+
+    pairs = dict(parse_override(o) for o in overrides or [])
+    pairs.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return load_params(params, pairs)
+
+
+def run_stage(
+    name: str,
+    params: Path,
+    overrides: list[str] | None,
+    root: Path,
+    extra: dict[str, Any] | None = None,
+    **options: Any,
+) -> None:
+    """Run the stage module `distiller.stages.<name>` and print its summary line (rank 0 prints it).
+    With `expert.nproc`, `distill.nproc` (RaT-BPTT) or `evaluate.nproc` above 1 (outside torchrun), the stage runs as
+    a torchrun job of that many processes (`distiller.core.launch`)."""
+    share_cores()  # before the stage module imports torch
+    with session() as reporter:
+        p = load(params, overrides, extra)
+        stage = importlib.import_module(f"distiller.stages.{name}")
+        if root.exists() and not root.is_dir():
+            raise DistillerError(f"--root {root}: not a directory (the project folder that holds artifacts/)")
+        layout = Layout(root)
+        locked = rank() == 0 and LAUNCHED not in os.environ  # the launcher, or rank 0 of a plain torchrun, holds it
+        with project_lock(layout.lock) if locked else contextlib.nullcontext():
+            distill = p.distill.nproc if p.distill.method == "ratbptt" else 1  # an MTT run is one unit of work
+            nproc = {"expert_buffer": p.expert.nproc, "distill": distill, "evaluate": p.evaluate.nproc}.get(name, 1)
+            if nproc > 1 and not in_torchrun():
+                launch(name.replace("_", "-"), nproc, params, overrides or [], root)
+                return  # rank 0 printed the summary
+            result = stage.run(p, layout, reporter, **options)
+    if rank() == 0:
+        typer.echo(stage.summary(result))
