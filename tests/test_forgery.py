@@ -70,7 +70,7 @@ def _accuracy(value):
     return lambda m: m["budgets"]["2"]["distilled"].__setitem__("mean", value)
 
 
-SYNTHETIC = ("distiller.methods.synthetic", "2")
+SYNTHETIC = ("distiller.synthetic", "2")
 TRAJECTORY = ("distiller.trajectory", "2")
 CASES = {  # name -> (forge the project, stage that reads it, what its one line says)
     "manifest epochs not a number": (

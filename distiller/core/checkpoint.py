@@ -28,7 +28,7 @@ import torch
 from distiller.core.errors import DistillerError, first_line
 from distiller.core.files import load_safetensors, save_safetensors
 
-FORMAT = "distiller.core.checkpoint"
+FORMAT = "distiller.checkpoint"
 FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 LAYOUT = 2  # how a loop's state is laid out in the file; part of every fingerprint, so older layouts are stale
 

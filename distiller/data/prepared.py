@@ -18,7 +18,7 @@ from distiller.core.errors import DistillerError
 from distiller.core.files import load_safetensors, save_safetensors, sha256_tensors
 from distiller.core.params import DataParams
 
-FORMAT = "distiller.data.prepared"
+FORMAT = "distiller.prepared"
 FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 
 

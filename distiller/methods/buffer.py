@@ -84,7 +84,7 @@ def manifest(
 ) -> dict[str, object]:
     """What identifies a buffer: checked by `load_buffer` against what the caller needs."""
     return {
-        "format": "distiller.methods.experts",
+        "format": "distiller.experts",
         "format_version": FORMAT_VERSION,
         "dataset": data.source,
         "dataset_hash": data.content_hash,
@@ -113,7 +113,7 @@ def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epoch
     """Load every trajectory, refusing a buffer made for other data or another architecture, or too short."""
     path = directory / MANIFEST
     info = read_sealed_json(path, "expert buffer", "run `distiller expert-buffer`")
-    if info.get("format") != "distiller.methods.experts" or info.get("format_version") != FORMAT_VERSION:
+    if info.get("format") != "distiller.experts" or info.get("format_version") != FORMAT_VERSION:
         raise DistillerError(f"{path}: not a distiller expert manifest of format version {FORMAT_VERSION}")
     if info.get("dataset_hash") != data.content_hash:
         raise DistillerError(

@@ -18,7 +18,7 @@ from distiller.core.errors import DistillerError
 from distiller.core.files import load_safetensors, save_safetensors, sha256_tensors
 from distiller.data.prepared import Prepared
 
-FORMAT = "distiller.methods.synthetic"
+FORMAT = "distiller.synthetic"
 FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 
 

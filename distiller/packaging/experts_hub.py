@@ -28,7 +28,7 @@ CARD = "README.md"
 def checked_manifest(folder: Path) -> dict[str, Any]:
     """The buffer's manifest, after every trajectory it lists was read and matched against its recorded seal."""
     info = read_sealed_json(folder / MANIFEST, "expert manifest", "an expert buffer folder holds one")
-    if info.get("format") != "distiller.methods.experts" or info.get("format_version") != FORMAT_VERSION:
+    if info.get("format") != "distiller.experts" or info.get("format_version") != FORMAT_VERSION:
         raise DistillerError(f"{folder / MANIFEST}: not a distiller expert manifest of format {FORMAT_VERSION}")
     files, seals = info.get("files"), info.get("seals")
     if not isinstance(files, list) or not files or not isinstance(seals, list) or len(seals) != len(files):
