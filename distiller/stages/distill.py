@@ -35,7 +35,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
 
     In a torchrun job (`distill.nproc`), RaT-BPTT's direct references are distilled by the ranks other than 0, which
     boosts (`distiller.methods.boost`) and alone writes; an MTT run has one unit of work, so rank 0 does it all."""
-    configure_torch()
+    configure_torch(p.deterministic)
     models.check_distillable(p.model)
     with distributed.world(resolve_device(p.device), timeout=WAIT) as w:
         if not w.root and p.distill.method != "ratbptt":

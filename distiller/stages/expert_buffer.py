@@ -24,7 +24,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
     Each expert depends only on its index, so finished experts are checkpointed whole and a rerun after a kill trains
     only the missing ones; in a torchrun job the ranks share them out and rank 0 writes (`distiller.core.distributed`).
     RaT-BPTT needs no experts: the stage then writes a manifest saying so, in no time."""
-    configure_torch()
+    configure_torch(p.deterministic)
     models.check_distillable(p.model)
     with distributed.world(resolve_device(p.device)) as w:
         device = w.device(resolve_device(p.device))
@@ -38,7 +38,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
         if p.expert.from_:
             return _fetched(p, layout, data) if w.root else []
         what = dataclasses.replace(p.expert, checkpoint_every=0, parallel=0, nproc=1)  # not how: the same experts
-        key = fingerprint(info, what, device.type)
+        key = fingerprint(info, what, device.type, p.deterministic)  # on CUDA the mode changes the bits
         store = Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every) if w.root else None
         advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
         trained = experts.train_buffer(data, p.model, p.expert, p.augment, p.seed, device, store, advance, w)
