@@ -178,6 +178,16 @@ class FairScores:
 
 
 @dataclass(frozen=True)
+class FetchedExperts:
+    """MTT's experts, when `expert.from` fetched them from the Hub: the model repo, the revision asked for ("main" when
+    none was) and the commit the download held, so `expert.from: hf:<repo>@<commit>` repeats the run exactly."""
+
+    repo: str
+    revision: str
+    commit: str
+
+
+@dataclass(frozen=True)
 class Contract:
     version: str  # semantic version of the dataset; the Hub tag is v<version>
     git_commit: str | None
@@ -196,6 +206,7 @@ class Contract:
     cross_architecture: dict[str, Result] | None = None
     full_data: Result | None = None
     ddranking: FairScores | None = None
+    experts: FetchedExperts | None = None
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "card") -> Contract:

@@ -99,7 +99,7 @@ def _fields(c: Contract, preview: bool) -> dict[str, str]:
         "paper": f"{title}, arXiv:{arxiv}",
         "distiller_version": c.distiller_version,
         "version": c.version,
-        "provenance": f"{git or 'not made in a git checkout'}, {lock}",
+        "provenance": f"{git or 'not made in a git checkout'}, {lock}{_experts(c)}",
         "nesting": nesting if len(c.budgets) > 1 else f"One config, `{c.default_config}`.",
         "runs": str(c.default.accuracy.runs),
         "test_count": str(c.source.test_split.count),
@@ -120,6 +120,11 @@ def _fields(c: Contract, preview: bool) -> dict[str, str]:
         "snippet": snippet(c),
         "citation": f"{title}, https://arxiv.org/abs/{arxiv}",
     }
+
+
+def _experts(c: Contract) -> str:
+    e = c.experts
+    return "" if e is None else f", MTT experts from `hf:{e.repo}` at commit `{e.commit}` (asked: `{e.revision}`)"
 
 
 def _results(c: Contract) -> str:

@@ -70,8 +70,9 @@ def _mtt(p: Params, layout: Layout, ctx: Context, buffer: ExpertBuffer) -> str:
     # MTT distils one set at distill.ipc; its prefixes are scored and packaged at every budget only when asked
     syn = dataclasses.replace(syn, budgets=effective_budgets(p.distill))
     seconds = round(time.perf_counter() - start, 2)
-    files = buffer.manifest.get("files")
+    files, fetched = buffer.manifest.get("files"), buffer.manifest.get("fetched")  # fetched: expert.from's commit
     prov = stamp(to_dict(p), method="mtt", dataset=ctx.data.source, dataset_hash=ctx.data.content_hash, experts=files)
+    prov = {**prov, "experts_fetched": fetched} if fetched is not None else prov
     with atomic_dir(layout.distill_dir) as out:
         synthetic.save(syn, out / layout.synthetic.name, prov)
         write_text(out / layout.curves.name, csv_text(curves.rows()))

@@ -8,7 +8,7 @@ import shutil
 from distiller.core import distributed
 from distiller.core.checkpoint import Store, fingerprint
 from distiller.core.errors import DistillerError
-from distiller.core.files import atomic_dir
+from distiller.core.files import atomic_dir, write_sealed_json
 from distiller.core.params import Params
 from distiller.core.paths import Layout
 from distiller.core.runtime import SILENT, Reporter, configure_torch, resolve_device
@@ -57,8 +57,9 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
 
 
 def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
-    """`expert.from`: a published buffer, verified against this run (data hash and network), instead of training."""
-    folder = experts_hub.fetch(p.expert.from_)
+    """`expert.from`: a published buffer, verified against this run (data hash and network), instead of training.
+    From the Hub, its manifest records the commit fetched (`fetched`: repo, revision asked, commit)."""
+    folder, fetched = experts_hub.fetch(p.expert.from_)
     info = experts_hub.checked_manifest(folder)
     if info.get("dataset_hash") != data.content_hash:
         raise DistillerError(
@@ -68,8 +69,12 @@ def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
     if info.get("architecture") != models.describe(p.model, data.image_shape, data.num_classes):
         raise DistillerError(f"expert.from {p.expert.from_}: trained with another network than model params say")
     with atomic_dir(layout.experts_dir) as out:
-        for name in [buffer.MANIFEST, *info["files"]]:
+        for name in info["files"]:
             shutil.copyfile(folder / name, out / name)
+        if fetched is None:
+            shutil.copyfile(folder / buffer.MANIFEST, out / buffer.MANIFEST)
+        else:
+            write_sealed_json(out / buffer.MANIFEST, {**info, "fetched": fetched})
     return [float(a) for a in info["test_accuracy"]]
 
 
