@@ -175,6 +175,9 @@ class FairScores:
     hlr: Score
     ior: Score
     weight: float = field(metadata={"ge": 0, "le": 1})
+    # what the random subset trained on: its hard labels, or (a soft-label set) a teacher's softmax at `temperature`
+    random_labels: Literal["hard", "teacher"] = "hard"
+    temperature: float | None = field(default=None, metadata={"gt": 0})
 
 
 @dataclass(frozen=True)

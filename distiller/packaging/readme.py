@@ -122,6 +122,10 @@ def _fields(c: Contract, preview: bool) -> dict[str, str]:
     }
 
 
+def _temperature(t: float | None) -> str:
+    return "temperature not stated" if t is None else f"temperature {t:g}"
+
+
 def _experts(c: Contract) -> str:
     e = c.experts
     return "" if e is None else f", MTT experts from `hf:{e.repo}` at commit `{e.commit}` (asked: `{e.revision}`)"
@@ -141,7 +145,13 @@ def _results(c: Contract) -> str:
             f"DD-Ranking's fair scores of `{c.default_config}` (arXiv 2505.13300; weight {d.weight}): label-robust "
             f"score **{d.lrs.mean:.4f} +- {d.lrs.std:.4f}**, augmentation-robust score **{d.ars.mean:.4f} +- "
             f"{d.ars.std:.4f}** (hard-label recovery {100 * d.hlr.mean:.2f} points, improvement over random "
-            f"{100 * d.ior.mean:.2f} points).",
+            f"{100 * d.ior.mean:.2f} points)."
+            + (
+                f" The random subset trained on soft labels too: the softmax ({_temperature(d.temperature)}) of a "
+                "teacher trained on the full data."
+                if d.random_labels == "teacher"
+                else ""
+            ),
         ]
     return "\n".join(lines) + "\n"
 
