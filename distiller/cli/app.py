@@ -61,17 +61,6 @@ def _main(
 
 
 @app.command()
-def check(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Check the params file whole: every key known (with a did-you-mean), of its type, in range, and combinable.
-
-    The first stage of `dvc repro`: its dep is params.yaml itself, so every edit of the file runs it, and a typo stops
-    the pipeline in one line instead of passing unnoticed (the other stages list only the keys they read). Writes
-    artifacts/check/params.txt, a marker no other stage reads.
-    """
-    run_stage("check", params, set_, root)
-
-
-@app.command()
 def download(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
@@ -161,6 +150,17 @@ def package(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: 
     preprocessing (and test split) as safetensors sidecars; the image grid.
     """
     run_stage("package", params, set_, root)
+
+
+@app.command()
+def check(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Check the params file whole: every key known (with a did-you-mean), of its type, in range, and combinable.
+
+    The first stage of `dvc repro`: its dep is params.yaml itself, so every edit of the file runs it, and a typo stops
+    the pipeline in one line instead of passing unnoticed (the other stages list only the keys they read). Writes
+    artifacts/check/params.txt, a marker no other stage reads.
+    """
+    run_stage("check", params, set_, root)
 
 
 @app.command()
