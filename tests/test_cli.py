@@ -2,11 +2,13 @@
 with exit code 2 that write nothing."""
 
 import json
+import re
 from pathlib import Path
 from unittest.mock import patch
 
 import pytest
 import torch
+import typer
 from helpers import TINY, tiny, write_params
 from typer.testing import CliRunner
 
@@ -16,7 +18,7 @@ from distiller.core.paths import Layout
 from distiller.methods.synthetic import load as load_synthetic
 
 runner = CliRunner()
-COMMANDS = ["download", "expert-buffer", "distill", "evaluate", "package"]
+COMMANDS = ["check", "download", "expert-buffer", "distill", "evaluate", "package"]
 
 
 def invoke(*args: str):
@@ -38,9 +40,50 @@ def test_help_explains_every_command():
         assert invoke(command, "--help").exit_code == 0
 
 
+PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z0-9_.-]*>")  # datasets/<source>-..., v<version>, hf:<repo_id>
+
+
+def every_command(cmd=None, path: tuple[str, ...] = ()):
+    """(path, command) for the app and every command and subcommand under it."""
+    cmd = cmd or typer.main.get_command(app)
+    yield path, cmd
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from every_command(sub, (*path, name))
+
+
+def test_every_placeholder_of_the_help_texts_is_rendered():
+    """The app renders help as Markdown, where a bare <name> is an HTML tag and vanishes ("datasets/-distilled-ipc/",
+    "tagged v"): every placeholder written in a command's help, an option's or an argument's, and in the first line
+    a group lists for each subcommand, appears in the rendered --help."""
+    checked = 0
+    for path, cmd in every_command():
+        texts = [cmd.help or "", *(getattr(param, "help", None) or "" for param in cmd.params)]
+        texts += [(sub.help or "").split("\n")[0] for sub in getattr(cmd, "commands", {}).values()]
+        wanted = set(PLACEHOLDER.findall("\n".join(texts)))
+        result = runner.invoke(app, [*path, "--help"], terminal_width=250, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        missing = sorted(w for w in wanted if w not in result.stdout)
+        assert not missing, f"distiller {' '.join(path)} --help drops {missing}"
+        checked += len(wanted)
+    assert checked >= 6  # the package, publish and download texts have them (a vacuous pass would prove nothing)
+
+
+def test_check_refuses_a_typo_in_one_line_and_writes_no_marker(tiny_yaml: Path):
+    raw = {**TINY, "distill": {**TINY["distill"], "ipcc": 3}}
+    write_params(tiny_yaml, raw)
+    result = invoke("check", "--params", str(tiny_yaml), "--root", str(tiny_yaml.parent))
+    assert_clean_error(result, "unknown key 'distill.ipcc' (did you mean 'distill.ipc'?)")
+    assert not Layout(tiny_yaml.parent).params_checked.exists()
+    write_params(tiny_yaml, TINY)
+    result = invoke("check", "--params", str(tiny_yaml), "--root", str(tiny_yaml.parent))
+    assert result.exit_code == 0 and result.stdout.startswith("params valid"), result.output
+    assert Layout(tiny_yaml.parent).params_checked.is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "stage", "expected"),
     [
+        (["check", "-S", "distill.ipc=3"], "check", {"distill.ipc": 3}),
         (["evaluate"], "evaluate", {}),
         (["expert-buffer", "-S", "expert.epochs=2"], "expert_buffer", {"expert.epochs": 2}),
         (["distill", "--ipc", "3", "--iterations", "7"], "distill", {"distill.ipc": 3, "mtt.iterations": 7}),

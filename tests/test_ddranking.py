@@ -1,12 +1,15 @@
-"""DD-Ranking's label- and augmentation-robust scores: the formulas on hand-computed values, and `evaluate.ddranking`
-writing them to the metrics and the card."""
+"""DD-Ranking's label- and augmentation-robust scores: the formulas on hand-computed values, a soft-label set scored
+against a teacher-labelled random subset (hand-computed), and `evaluate.ddranking` writing them to the metrics and the
+card."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+import torch
 from helpers import STAGES, make_project, tiny
 from typer.testing import CliRunner
 
@@ -14,8 +17,11 @@ from distiller.cli.app import app
 from distiller.core.files import read_sealed_json
 from distiller.core.params import params_from_dict
 from distiller.core.paths import Layout
+from distiller.core.runtime import generator
+from distiller.methods.synthetic import SyntheticSet, real_subset
 from distiller.packaging.validate import read_card, validate
-from distiller.scoring import ddranking
+from distiller.scoring import ddranking, scorecard
+from distiller.scoring.evaluate import EvalResult, protocol_for
 
 runner = CliRunner()
 E = math.e
@@ -53,11 +59,72 @@ def test_scores_pair_the_networks_and_summarise():
     assert out["lrs"]["std"] == pytest.approx(abs(out["lrs"]["values"][0] - out["lrs"]["values"][1]) / 2, abs=1e-6)
 
 
+def test_the_teacher_labels_are_its_softmax_at_temperature_one():
+    # logits (0, ln 3) -> (1/4, 3/4); (ln 2, 0) -> (2/3, 1/3); (ln 2, ln 2, 0) -> (2/5, 2/5, 1/5);
+    # at T = 2, (0, ln 9) -> (1/4, 3/4) again
+    assert ddranking.TEMPERATURE == 1.0
+    got = ddranking.soft_labels(torch.tensor([[0.0, math.log(3)], [math.log(2), 0.0]]))
+    assert got.tolist()[0] == pytest.approx([0.25, 0.75]) and got.tolist()[1] == pytest.approx([2 / 3, 1 / 3])
+    got = ddranking.soft_labels(torch.tensor([[math.log(2), math.log(2), 0.0]]))
+    assert got.tolist()[0] == pytest.approx([0.4, 0.4, 0.2])
+    assert ddranking.soft_labels(torch.tensor([[0.0, math.log(9)]]), 2.0).tolist()[0] == pytest.approx([0.25, 0.75])
+
+
+# What each set scores in the test below, by what it is and how it trains: (with augmentation, without).
+ACCURACY = {
+    "full data": (0.95, 0.95),
+    "set, soft labels": (0.80, 0.70),
+    "set, hard labels": (0.60, 0.60),
+    "random, teacher labels": (0.72, 0.66),
+    "random, hard labels": (0.40, 0.35),  # what the scores compared against before: it must not be used
+}
+
+
+def test_a_soft_label_set_is_scored_against_a_teacher_labelled_random_subset(digits):
+    """A soft-label set (RaT-BPTT's) against the random subset on the teacher's soft labels, as DD-Ranking does, with
+    the training patched to the accuracies above. By hand: HLR = 0.95 - 0.60 = 0.35; IOR = 0.80 - 0.72 = 0.08 (0.40
+    against hard labels); LRS = robust(0.5 * 0.08 - 0.5 * 0.35) = robust(-0.135); ARS = robust(0.5 * (0.80 - 0.72) +
+    0.5 * (0.70 - 0.66)) = robust(0.06). The random subset's labels are the teacher's, which is the full-data
+    baseline's first network."""
+    p = params_from_dict(tiny(distill={"method": "ratbptt"}, evaluate={"ddranking": True}))
+    x, y = real_subset(digits, 1, generator(7, "a made-up set"))
+    syn = SyntheticSet(x, y, None, 1, torch.nn.functional.one_hot(y, 10).float() * 0.9 + 0.01)
+    seen: dict[str, torch.Tensor] = {}
+
+    def score(images, targets, data, q, proto, *, runs, networks=None, **kwargs):
+        if len(images) == len(data.train_images):
+            kind = "full data"
+        elif torch.equal(images, syn.images):
+            kind = "set, soft labels" if targets.ndim == 2 else "set, hard labels"
+        else:
+            kind = "random, teacher labels" if targets.ndim == 2 else "random, hard labels"
+            seen[kind] = targets
+        return EvalResult((ACCURACY[kind][proto.augment is None],) * len(networks or range(runs)))
+
+    with patch("distiller.scoring.scorecard.score", score):
+        metrics, _ = scorecard.scorecard(syn, "ratbptt", {}, digits, p, torch.device("cpu"))
+    fair = metrics["ddranking"]
+    assert fair["random_labels"] == "teacher" and fair["temperature"] == 1.0
+    assert fair["hlr"]["mean"] == pytest.approx(0.35) and fair["ior"]["mean"] == pytest.approx(0.08)
+    assert fair["lrs"]["mean"] == pytest.approx(ddranking.robust(-0.135), abs=1e-6)
+    assert fair["ars"]["mean"] == pytest.approx(ddranking.robust(0.06), abs=1e-6)
+    assert metrics["budgets"]["1"]["random_real"]["mean"] == 0.40  # the accuracy table keeps the plain baseline
+    proto = protocol_for(p, "ratbptt")
+    teacher = ddranking.teacher_labels(_random(p, digits), digits, p, proto, torch.device("cpu"))
+    assert torch.equal(seen["random, teacher labels"], teacher)
+    assert torch.allclose(teacher.sum(1), torch.ones(len(teacher))) and not torch.equal(teacher, teacher.round())
+
+
+def _random(p, data) -> torch.Tensor:
+    return real_subset(data, 1, generator(p.seed, "random-real"))[0]
+
+
 def test_evaluate_writes_the_scores_to_the_metrics_and_the_card(tmp_path: Path):
     raw = tiny(evaluate={"ddranking": True})
     root = make_project(tmp_path, raw, *STAGES)
     fair = read_sealed_json(Layout(root).evaluate_metrics, "metrics", "")["ddranking"]
-    assert set(fair) == {"lrs", "ars", "hlr", "ior", "weight"} and 0 <= fair["lrs"]["mean"] <= 1
+    assert set(fair) == {"lrs", "ars", "hlr", "ior", "weight", "random_labels"} and 0 <= fair["lrs"]["mean"] <= 1
+    assert fair["random_labels"] == "hard"  # an MTT set has hard labels: so does its random subset
     p = params_from_dict(raw)
     folder = Layout(root).package_dir(p.package.folder(p.data.source, p.distill.ipc))
     card = read_card(folder / "README.md")

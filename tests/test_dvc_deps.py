@@ -117,10 +117,10 @@ def imported_when_running(cmd: str, params: Path, root: Path) -> set[str]:
 @pytest.mark.integration
 def test_every_module_a_stage_command_runs_is_listed(tmp_path: Path):
     """The command, not only its module: whatever `distiller <stage>` imports outside distiller/cli/ (which parses
-    options and prints) is a dep, the lock and the torchrun launcher included. Every stage of an MTT run, then
-    RaT-BPTT's distill (Boost-DD and its references)."""
+    options and prints) is a dep, the lock and the torchrun launcher included. The params check and every stage of an
+    MTT run, then RaT-BPTT's distill (Boost-DD and its references)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    runs = [(TINY, name) for name in STAGES]
+    runs = [(TINY, "check")] + [(TINY, name) for name in STAGES]  # check: the params file alone, first
     runs += [(tiny(distill={"method": "ratbptt", "ipc": 2, "budgets": [1, 2]}), "distill")]
     for raw, name in runs:
         params = write_params(tmp_path / "params.yaml", raw)

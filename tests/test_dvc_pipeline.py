@@ -13,6 +13,7 @@ import yaml
 from helpers import TINY, resolved, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("check", "download", "expert-buffer", "distill", "evaluate", "package")  # dvc.yaml's, in its order
 pytestmark = pytest.mark.integration
 
 
@@ -41,25 +42,25 @@ def repo(tmp_path: Path) -> Path:
 def test_dvc_repro_runs_the_pipeline_and_tracks_params(repo: Path):
     dvc = [sys.executable, "-m", "dvc"]
     out = sh(repo, *dvc, "repro")
-    for stage in ("download", "expert-buffer", "distill", "evaluate", "package"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "expert-buffer", "distill", "evaluate", "package"}
+    assert set(lock["stages"]) == set(STAGES)
     card = (repo / "datasets" / "digits-distilled-ipc1" / "README.md").read_text()
     # the card records the git commit and the hash of dvc.lock's upstream entries of this very run
     head = sh(repo, "git", "rev-parse", "HEAD").strip()
     assert f"git_commit: {head}" in card
-    upstream = {k: v for k, v in lock["stages"].items() if k != "package"}
+    upstream = {k: v for k, v in lock["stages"].items() if k not in ("package", "check")}
     digest = hashlib.sha256(json.dumps(upstream, sort_keys=True).encode()).hexdigest()
     assert f"dvc_lock_sha256: {digest}" in card
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert metrics["ipc"] == 1 and metrics["method"] == "mtt"
     assert "up to date" in sh(repo, *dvc, "status")
 
-    # params that say how distill runs, not what it makes, re-run nothing
+    # params that say how distill runs, not what it makes, re-run nothing but the check of the file
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     write_params(repo / "params.yaml", {**raw, "distill": {**raw["distill"], "nproc": 2, "checkpoint_every": 7}})
-    assert "up to date" in sh(repo, *dvc, "status")
+    assert set(json.loads(sh(repo, *dvc, "status", "--json", quiet=True))) == {"check"}
 
     # a param only `evaluate` reads re-runs only `evaluate`
     raw["evaluate"]["epochs"] = 3
@@ -84,6 +85,29 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_params(repo: Path):
     write_params(repo / "params.yaml", raw)
     stale = json.loads(sh(repo, *dvc, "status", "--json", quiet=True))
     assert "distill" in stale and "expert-buffer" not in stale
+
+
+def test_a_typo_in_params_yaml_stops_dvc_repro(repo: Path):
+    """A key no stage lists (`distill.ipcc`, meant as `distill.ipc`) added after a run: without the `check` stage,
+    `dvc repro` would say everything is up to date. It runs `check` alone, which fails in one line naming the key; the
+    pipeline's outputs are untouched, and with the typo fixed only the check's marker comes back."""
+    dvc = [sys.executable, "-m", "dvc"]
+    sh(repo, *dvc, "repro")
+    lock = (repo / "dvc.lock").read_bytes()
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    write_params(repo / "params.yaml", {**raw, "distill": {**raw["distill"], "ipcc": 3}})
+    assert set(json.loads(sh(repo, *dvc, "status", "--json", quiet=True))) == {"check"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([*dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    assert "unknown key 'distill.ipcc' (did you mean 'distill.ipc'?)" in out
+    assert "Traceback" not in out and [s for s in STAGES if f"Running stage '{s}'" in out] == ["check"]
+    assert (repo / "dvc.lock").read_bytes() == lock
+    write_params(repo / "params.yaml", raw)  # fixed: the marker DVC removed comes back, nothing else runs
+    out = sh(repo, *dvc, "repro")
+    assert not [s for s in STAGES[1:] if f"Running stage '{s}'" in out], out
+    assert "up to date" in sh(repo, *dvc, "status")
 
 
 def test_an_edited_module_makes_exactly_the_stages_that_run_it_stale(repo: Path):
@@ -111,7 +135,7 @@ def test_an_edited_module_makes_exactly_the_stages_that_run_it_stale(repo: Path)
     assert stale_after_editing("distiller/scoring/scorecard.py") == {"evaluate"}
     assert stale_after_editing("distiller/methods/mtt.py") == {"distill"}
     assert stale_after_editing("distiller/packaging/readme.py") == {"package"}
-    every = {"download", "expert-buffer", "distill", "evaluate", "package"}
+    every = set(STAGES)
     assert stale_after_editing("distiller/core/params.py") == every
     assert stale_after_editing("distiller/core/session.py") == every  # the lock runs with every stage command
     assert stale_after_editing("distiller/cli/app.py") == set()  # options and help text only

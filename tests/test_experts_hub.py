@@ -16,11 +16,17 @@ from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
 from distiller.cli.app import app
+from distiller.core.files import read_sealed_json
 from distiller.core.paths import Layout
+from distiller.methods.buffer import MANIFEST
+from distiller.methods.synthetic import load as load_synthetic
+from distiller.packaging.contract import FetchedExperts
+from distiller.packaging.validate import read_card
 
 runner = CliRunner()
 RAW = tiny(expert={"num_experts": 2, "epochs": 3})
 TOKEN = "hf_" + "t" * 34
+COMMIT = "c0ffee00" * 5
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -37,12 +43,14 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """An HfApi double whose upload_folder copies what it is asked to upload into `tmp_path/hub`."""
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    store = tmp_path / "hub"
+    store = tmp_path / "hub" / "snapshots" / COMMIT  # where snapshot_download leaves a download: its commit named
     api = create_autospec(HfApi, instance=True)
     api.list_repo_refs.return_value = SimpleNamespace(tags=[])
+    api.repo_info.return_value = SimpleNamespace(sha="0" * 40)
+    api.list_repo_tree.return_value = []
 
     def upload_folder(*, folder_path, allow_patterns, **kwargs):
-        store.mkdir()
+        store.mkdir(parents=True)
         for name in allow_patterns:
             shutil.copyfile(Path(folder_path) / name, store / name)
         return SimpleNamespace(oid="feedbeef" * 5)
@@ -84,9 +92,45 @@ def test_published_experts_come_back_as_the_same_buffer(trained: Path, tmp_path:
     result, download = fetch_into(fresh, store)
     assert result.exit_code == 0, result.output
     download.assert_called_once_with("org/digits-experts", repo_type="model", revision="v1.0.0")
-    assert files(Layout(fresh).experts_dir) == files(Layout(trained).experts_dir)
+    got, made = files(Layout(fresh).experts_dir), files(Layout(trained).experts_dir)
+    assert {k: v for k, v in got.items() if k != MANIFEST} == {k: v for k, v in made.items() if k != MANIFEST}
+    fetched = {"repo": "org/digits-experts", "revision": "v1.0.0", "commit": COMMIT}
+    manifest = read_sealed_json(Layout(fresh).experts_dir / MANIFEST, "manifest", "")
+    assert manifest == {**read_sealed_json(Layout(trained).experts_dir / MANIFEST, "manifest", ""), "fetched": fetched}
     distilled = runner.invoke(app, ["distill", "--params", str(fresh / "params.yaml"), "--root", str(fresh)])
     assert distilled.exit_code == 0, distilled.output
+
+
+def test_experts_fetched_without_a_revision_record_the_commit(trained: Path, tmp_path: Path, hub):
+    """`expert.from: hf:REPO` (main, which moves): the commit the download held goes into the buffer's manifest, the
+    distilled set's provenance and the card, so the run can be repeated with `hf:REPO@<commit>`."""
+    api, store = hub
+    assert publish(trained, api).exit_code == 0
+    fresh = make_project(tmp_path / "fresh", RAW, "download")
+    spec = "expert.from=hf:org/digits-experts"
+    args = ["--params", str(fresh / "params.yaml"), "--root", str(fresh), "-S", spec]
+    with patch("huggingface_hub.snapshot_download", return_value=str(store)) as download:
+        assert runner.invoke(app, ["expert-buffer", *args]).exit_code == 0
+    download.assert_called_once_with("org/digits-experts", repo_type="model", revision=None)
+    fetched = {"repo": "org/digits-experts", "revision": "main", "commit": COMMIT}
+    assert read_sealed_json(Layout(fresh).experts_dir / MANIFEST, "manifest", "")["fetched"] == fetched
+    for stage in ("distill", "evaluate", "package"):
+        result = runner.invoke(app, [stage, *args])
+        assert result.exit_code == 0, result.output
+    assert load_synthetic(Layout(fresh).synthetic)[1]["experts_fetched"] == fetched
+    card = read_card(Layout(fresh).package_dir("digits-distilled-ipc1") / "README.md")
+    assert card.contract.experts == FetchedExperts(**fetched) and f"at commit `{COMMIT}`" in card.text
+
+
+def test_a_download_that_names_no_commit_is_refused(trained: Path, tmp_path: Path, hub):
+    api, store = hub
+    assert publish(trained, api).exit_code == 0
+    elsewhere = tmp_path / "copied"
+    shutil.copytree(store, elsewhere)
+    fresh = make_project(tmp_path / "fresh", RAW, "download")
+    result, _ = fetch_into(fresh, elsewhere)
+    assert result.exit_code == 2 and "does not say which commit it holds" in result.stderr, result.output
+    assert not Layout(fresh).experts_dir.exists()
 
 
 @pytest.mark.parametrize(

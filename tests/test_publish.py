@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import filecmp
+import fnmatch
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -16,6 +18,7 @@ from unittest.mock import create_autospec, patch
 import pytest
 from helpers import STAGES, make_project, tiny
 from huggingface_hub import HfApi
+from huggingface_hub.hf_api import RepoFile
 from typer.testing import CliRunner
 
 from distiller.cli.app import app
@@ -36,10 +39,58 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fake_api(tags: tuple[str, ...] = ()):
+    """An HfApi double for a repo whose main holds none of the files (a new repo)."""
     api = create_autospec(HfApi, instance=True)
     api.list_repo_refs.return_value = SimpleNamespace(tags=[SimpleNamespace(name=t) for t in tags])
+    api.repo_info.return_value = SimpleNamespace(sha="fe11" * 10)
+    api.list_repo_tree.return_value = [RepoFile(path=".gitattributes", size=9, oid="0" * 40)]
     api.upload_folder.return_value = SimpleNamespace(oid="0123abcd" * 5)
     return api
+
+
+LFS = (".parquet", ".safetensors", ".png")  # stored in LFS on the Hub: listed with the sha256 of their content
+
+
+class Hub:
+    """One Hub repo in memory: its commits (the files of each) and tags, served by an autospec'd HfApi whose answers
+    are the real client's types (`RepoFile` with its git blob id, or LFS sha256)."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[str, dict[str, bytes]]] = [("a0" * 20, {".gitattributes": b"*.parquet lfs\n"})]
+        self.tags: dict[str, str] = {}
+
+    @property
+    def head(self) -> str:
+        return self.commits[-1][0]
+
+    def api(self):
+        api = create_autospec(HfApi, instance=True)
+        tags = lambda *a, **k: SimpleNamespace(tags=[SimpleNamespace(name=t) for t in self.tags])
+        api.list_repo_refs.side_effect = tags
+        api.repo_info.side_effect = lambda *a, **k: SimpleNamespace(sha=self.head)
+        api.list_repo_tree.side_effect = self.tree
+        api.upload_folder.side_effect = self.upload
+        api.create_tag.side_effect = lambda repo_id, *, tag, revision, **k: self.tags.setdefault(tag, revision)
+        return api
+
+    def tree(self, repo_id, *, revision, **kwargs):
+        files = dict(self.commits)[revision]
+        return [self.entry(path, data) for path, data in files.items()]
+
+    @staticmethod
+    def entry(path: str, data: bytes) -> RepoFile:
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        if not path.endswith(LFS):
+            return RepoFile(path=path, size=len(data), oid=blob)
+        lfs = {"size": len(data), "oid": hashlib.sha256(data).hexdigest(), "pointerSize": 130}
+        return RepoFile(path=path, size=len(data), oid="f" * 40, lfs=lfs)
+
+    def upload(self, *, folder_path, allow_patterns, delete_patterns, **kwargs):
+        stale = lambda path: any(fnmatch.fnmatch(path, pattern) for pattern in delete_patterns)
+        files = {path: data for path, data in self.commits[-1][1].items() if not stale(path)}
+        files |= {name: (Path(folder_path) / name).read_bytes() for name in allow_patterns}
+        self.commits.append((f"{len(self.commits):02d}" * 20, files))
+        return SimpleNamespace(oid=self.head)
 
 
 @pytest.fixture
@@ -63,8 +114,9 @@ def test_publish_creates_uploads_one_commit_and_tags_it(folder: Path, online):
     before = snapshot(folder)
     result = publish(folder, api, "--private")
     assert result.exit_code == 0, result.output
-    assert [c[0] for c in api.method_calls] == ["create_repo", "list_repo_refs", "upload_folder", "create_tag"]
-    create, _, upload, tag = api.method_calls
+    calls = ["create_repo", "list_repo_refs", "repo_info", "list_repo_tree", "upload_folder", "create_tag"]
+    assert [c[0] for c in api.method_calls] == calls
+    create, _, _, _, upload, tag = api.method_calls
     assert create.args == ("org/digits-distilled",) and create.kwargs["repo_type"] == "dataset"
     assert create.kwargs["private"] is True and create.kwargs["exist_ok"] is True
     assert upload.kwargs["repo_type"] == "dataset" and upload.kwargs["folder_path"] == str(folder)
@@ -81,6 +133,48 @@ def test_an_existing_tag_is_never_moved(folder: Path, online):
     assert result.exit_code == 2 and "tag v1.0.0 already exists" in result.stderr, result.output
     api.upload_folder.assert_not_called()
     api.create_tag.assert_not_called()
+
+
+def test_a_failed_tag_is_named_and_the_same_command_tags_the_uploaded_commit(folder: Path, online):
+    """Upload and tag are two calls. The tag failing leaves the commit on main untagged: the error names it and says to
+    run the command again, which finds it (main's head holds exactly these bytes) and tags it without uploading."""
+    hub = Hub()
+    api = hub.api()
+    api.create_tag.side_effect = ConnectionError(f"connection reset while sending {SECRET}")
+    result = publish(folder, api)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert f"commit {hub.head} on org/digits-distilled holds these files but is not tagged v1.0.0" in result.stderr
+    assert "run the same command again" in result.stderr and SECRET not in result.output
+    assert len(hub.commits) == 2 and hub.tags == {}
+    api = hub.api()  # the network is back
+    result = publish(folder, api)
+    assert result.exit_code == 0, result.output
+    api.upload_folder.assert_not_called()
+    assert hub.tags == {"v1.0.0": hub.head} and len(hub.commits) == 2 and f"commit {hub.head}" in result.stdout
+    again = publish(folder, hub.api())  # and once tagged, the tag is never moved
+    assert again.exit_code == 2 and "tag v1.0.0 already exists" in again.stderr
+
+
+@pytest.mark.parametrize("change", ["other bytes", "a stale shard"])
+def test_a_head_that_is_not_this_folder_is_never_tagged(folder: Path, online, change: str):
+    """Only a head holding exactly what the upload would make is tagged as it is: other bytes in a file, or a shard
+    the upload would delete, mean a new commit."""
+    hub = Hub()
+    api = hub.api()
+    api.create_tag.side_effect = ConnectionError("reset")
+    publish(folder, api)
+    sha, files = hub.commits[-1]
+    if change == "other bytes":
+        files = {**files, "README.md": files["README.md"] + b"\n"}
+    else:
+        files = {**files, "ipc5/train-00000-of-00001.parquet": b"PAR1"}
+    hub.commits[-1] = (sha, files)
+    api = hub.api()
+    result = publish(folder, api)
+    assert result.exit_code == 0, result.output
+    api.upload_folder.assert_called_once()
+    assert hub.tags == {"v1.0.0": hub.head} and len(hub.commits) == 3
+    assert "ipc5/train-00000-of-00001.parquet" not in hub.commits[-1][1]
 
 
 def test_no_token_is_one_line_and_calls_nothing(folder: Path, monkeypatch):

@@ -5,6 +5,7 @@ benchmark scores on a validation split."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,29 @@ def test_every_recipe_validates_and_says_where_its_values_come_from():
         assert r.about.values and r.about.published, name  # a paper's table, or ours; a figure, or why none
     papers = {n for n, r in recipes.items() if not r.about.values.startswith("ours")}
     assert {"cifar10-mtt-ipc1", "cifar10-mtt-ipc10", "cifar100-mtt-ipc50", "cifar10-ratbptt-ipc10"} <= papers
+
+
+CITATION = re.compile(r"(docs/[\w.-]+\.md)(?:#([\w-]+))?")
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", markdown, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_recipe_cites_the_published_figures_page_and_every_citation_resolves():
+    """Each recipe's `published:` names its source on docs/published.md (the figure, its paper and table, and whether it
+    was checked); every page a recipe cites exists, and so does the heading an anchor names."""
+    for name, r in catalogue(RECIPES).items():
+        a = r.about
+        assert "docs/published.md#" in a.published, f"{name}: published cites no section of docs/published.md"
+        for page, anchor in CITATION.findall(" ".join((a.values, a.published, a.measured, a.note))):
+            assert (ROOT / page).is_file(), f"{name} cites {page}, which does not exist"
+            assert not anchor or anchor in anchors((ROOT / page).read_text()), f"{name} cites {page}#{anchor}"
+    assert {"digits", "mnist-and-fashion-mnist", "cifar-10-and-cifar-100"} <= anchors(
+        (ROOT / "docs" / "published.md").read_text()
+    )
 
 
 def test_recipe_list_shows_every_recipe():

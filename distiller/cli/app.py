@@ -142,14 +142,25 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root:
 
 @app.command()
 def package(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
-    """Package the distilled set as a Hugging Face datasets folder: datasets/<source>-distilled-ipc<ipc>/.
+    """Package the distilled set as a Hugging Face datasets folder: `datasets/<source>-distilled-ipc<ipc>/`.
 
-    One config per scored budget (ipc1, ipc2, ..., the largest the default), each ipc<k>/train-00000-of-00001.parquet
+    One config per scored budget (ipc1, ipc2, ..., the largest the default), each `ipc<k>/train-00000-of-00001.parquet`
     with the exact float pixels, named labels (and learned soft labels) and an 8-bit preview; a dataset card whose YAML
     holds the card contract (version, provenance, method, preprocessing, protocol, the accuracy of every budget); the
     preprocessing (and test split) as safetensors sidecars; the image grid.
     """
     run_stage("package", params, set_, root)
+
+
+@app.command()
+def check(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, root: RootOpt = Path(".")) -> None:
+    """Check the params file whole: every key known (with a did-you-mean), of its type, in range, and combinable.
+
+    The first stage of `dvc repro`: its dep is params.yaml itself, so every edit of the file runs it, and a typo stops
+    the pipeline in one line instead of passing unnoticed (the other stages list only the keys they read). Writes
+    artifacts/check/params.txt, a marker no other stage reads.
+    """
+    run_stage("check", params, set_, root)
 
 
 @app.command()
@@ -199,14 +210,15 @@ def publish(
     private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
     root: RootOpt = Path("."),
 ) -> None:
-    """Publish a validated folder: to the Hub as one commit tagged v<version>, or copy it to a directory.
+    """Publish a validated folder: to the Hub as one commit tagged `v<version>`, or copy it to a directory.
 
     `distiller publish datasets/NAME --to hub --repo org/name` creates the dataset repo if needed, uploads the folder
     in one commit and tags it, so `load_dataset("org/name", "ipc10", revision="v1.0.0")` pins this version. An
     existing tag is never moved. The token comes from HF_TOKEN or `hf auth login` and is never printed.
     `distiller publish datasets/NAME --to dir PATH` copies the folder to PATH (new or empty).
     `distiller publish experts --to hub --repo org/name` publishes the expert buffer (artifacts/experts, or a buffer
-    folder) as a model repo with its card, tagged v<version> (default 1.0.0); `expert.from: hf:org/name@v1.0.0` uses it.
+    folder) as a model repo with its card, tagged `v<version>` (default 1.0.0); `expert.from: hf:org/name@v1.0.0` uses
+    it.
     """
     from distiller.packaging import publish as pub
 

@@ -6,7 +6,8 @@ command, the ranks of one process group: gloo on the CPU, NCCL with one GPU per 
 torchrun's rendezvous (`--nnodes`, `--rdzv-endpoint`). The work is a list of units (an expert; one network of one
 evaluated set), each a function of its index and the seed alone. Rank r takes units r, r + K, r + 2K, ...
 (`World.share`); rank 0 gathers the results (`to_root`, `sum_to_all`) and writes every output, so the outputs do not
-depend on K. The distill stage's units are whole runs: rank 0 boosts, the others share the direct references
+depend on K (tested with gloo on the CPU; NCCL has not run, and on CUDA equal bits also need the param `deterministic`,
+docs/scaling.md). The distill stage's units are whole runs: rank 0 boosts, the others share the direct references
 (`distiller.methods.boost`, `objects_to_root`).
 
 `expert.nproc`, `distill.nproc` and `evaluate.nproc` make `distiller <stage>` start such a job on this machine itself

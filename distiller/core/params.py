@@ -214,6 +214,7 @@ class Params:
 
     seed: int = setting(0, "root seed: every random stream (init, augmentation, sampling) derives from it", ge=0)
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    deterministic: bool = setting(False, "CUDA: only deterministic kernels, for bitwise reruns (docs/scaling.md)")
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
     augment: AugmentParams = field(default_factory=AugmentParams)

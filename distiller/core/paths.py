@@ -25,6 +25,7 @@ class Layout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))  # a str will do
 
+    params_checked = _Below("artifacts/check/params.txt")  # check: a marker no other stage reads
     prepared = _Below("artifacts/data/prepared.safetensors")  # download
     experts_dir = _Below("artifacts/experts")  # expert-buffer
     distill_dir = _Below("artifacts/distill")  # distill

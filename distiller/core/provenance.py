@@ -45,7 +45,8 @@ def git_state(root: Path | str) -> tuple[str | None, bool | None]:
 
 def dvc_lock_sha256(path: Path) -> str | None:
     """sha256 of the canonical JSON of dvc.lock's entries for the stages upstream of `package` (the run that made
-    the data: dvc writes each stage's entry as it completes, before the next stage starts). None without a lock."""
+    the data: dvc writes each stage's entry as it completes, before the next stage starts). None without a lock.
+    `check` is not upstream: its entry hashes all of params.yaml, keys that change no output included."""
     if not path.is_file():
         return None
     lock = safeyaml.load_file(path, "dvc lock file")
@@ -54,7 +55,7 @@ def dvc_lock_sha256(path: Path) -> str | None:
     stages = lock.get("stages") if isinstance(lock, dict) else None
     if not isinstance(stages, dict):
         raise DistillerError(f"{path}: not a dvc.lock (no `stages` mapping); delete it and rerun `dvc repro`")
-    stages = {k: v for k, v in stages.items() if k != "package"}
+    stages = {k: v for k, v in stages.items() if k not in ("package", "check")}  # check: params.yaml, not upstream
     return hashlib.sha256(json.dumps(stages, sort_keys=True).encode()).hexdigest() if stages else None
 
 

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -38,9 +39,9 @@ def generator(seed: int, *keys: object, device: torch.device | str = "cpu") -> t
 # devices
 
 
-def configure_torch() -> None:
-    """Process-wide settings, applied first by every stage's `run` (and by benchmarks and tests); neither changes a
-    result.
+def configure_torch(deterministic: bool = False) -> None:
+    """Process-wide settings, applied first by every stage's `run` (and by benchmarks and tests). The first two never
+    change a result:
 
     - Flush denormals to zero: differentiable Adam squares gradients that are numerically zero (a conv bias in front
       of instance norm gets ~1e-20), and float32 arithmetic on the resulting denormals is about 10x slower on x86 CPUs.
@@ -48,9 +49,30 @@ def configure_torch() -> None:
       hundreds of thousands of times, and glibc's default thresholds hand them back to the kernel and fault them in
       again. On this project's 2-core CPU that was 7-11 million page faults and up to 40 % of an evaluation's time
       in the kernel (docs/benchmarks.md); mallopt's mmap and trim thresholds keep them instead.
+
+    The third is the param `deterministic` (`deterministic_kernels`), set either way so that one process running
+    several stages (the tests) carries no mode over from one to the next.
     """
     torch.set_flush_denormal(True)
     _keep_freed_memory()
+    deterministic_kernels(deterministic)
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # one of the two settings under which cuBLAS is deterministic (CUDA 10.2 and later)
+
+
+def deterministic_kernels(on: bool) -> None:
+    """With `on`, ask torch for deterministic kernels only: `torch.use_deterministic_algorithms` (an op without a
+    deterministic kernel raises instead of running), cudnn's deterministic convolutions and no benchmarking (which
+    picks kernels by timing them), and the cuBLAS workspace `CUBLAS_WORKSPACE_CONFIG=:4096:8`, read when CUDA first
+    starts in the process: so this runs before any CUDA work. On the CPU distiller's results are bitwise reproducible
+    without it (tests/test_reliability.py); on a GPU they are only with it, and that has not been run yet
+    (docs/scaling.md)."""
+    if on and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (CUBLAS_WORKSPACE, ":16:8"):
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h

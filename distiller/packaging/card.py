@@ -31,6 +31,7 @@ from distiller.packaging.contract import (
     Contract,
     EvalSplit,
     FairScores,
+    FetchedExperts,
     Labels,
     Preprocessing,
     Protocol,
@@ -152,7 +153,15 @@ def build(p: Params, inp: Inputs, layout: Layout) -> Contract:
         ddranking=config.build(FairScores, m["ddranking"], where="metrics/evaluate.json", prefix="ddranking")
         if "ddranking" in m
         else None,
+        experts=_fetched(inp.provenance, layout),
     )
+
+
+def _fetched(provenance: dict[str, Any], layout: Layout) -> FetchedExperts | None:
+    """The Hub commit the experts came from (`expert.from`), as the distilled set's provenance records it."""
+    raw = provenance.get("experts_fetched")
+    where = str(layout.synthetic)
+    return None if raw is None else config.build(FetchedExperts, raw, where=where, prefix="experts_fetched")
 
 
 SOFT_NOTE = "soft_label rows are learned label distributions: train with cross-entropy against them"

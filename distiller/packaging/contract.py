@@ -175,6 +175,19 @@ class FairScores:
     hlr: Score
     ior: Score
     weight: float = field(metadata={"ge": 0, "le": 1})
+    # what the random subset trained on: its hard labels, or (a soft-label set) a teacher's softmax at `temperature`
+    random_labels: Literal["hard", "teacher"] = "hard"
+    temperature: float | None = field(default=None, metadata={"gt": 0})
+
+
+@dataclass(frozen=True)
+class FetchedExperts:
+    """MTT's experts, when `expert.from` fetched them from the Hub: the model repo, the revision asked for ("main" when
+    none was) and the commit the download held, so `expert.from: hf:<repo>@<commit>` repeats the run exactly."""
+
+    repo: str
+    revision: str
+    commit: str
 
 
 @dataclass(frozen=True)
@@ -196,6 +209,7 @@ class Contract:
     cross_architecture: dict[str, Result] | None = None
     full_data: Result | None = None
     ddranking: FairScores | None = None
+    experts: FetchedExperts | None = None
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "card") -> Contract:

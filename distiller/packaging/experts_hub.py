@@ -5,12 +5,15 @@ the buffer (its sealed manifest, and every trajectory against the seal the manif
 with a card (architecture, data hash, preprocessing, lr, epochs, the experts' accuracies) as one commit of a model
 repo, tagged v<version>. With `expert.from: hf:org/name[@revision]` (or a folder), the expert-buffer stage fetches a
 buffer and verifies it against this run instead of training: the data hash (which covers the preprocessing) and the
-architecture must be this run's, or the buffer is refused by name; then its files become `artifacts/experts/`.
+architecture must be this run's, or the buffer is refused by name; then its files become `artifacts/experts/`, its
+manifest recording under `fetched` the commit the download held (the revision, or main, resolved), which the distilled
+set's provenance and the card carry on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -72,19 +75,28 @@ def stage(folder: Path, out: Path, version: str) -> list[str]:
     return [CARD, *names]
 
 
-def fetch(spec: str) -> Path:
-    """`hf:org/name[@revision]` downloaded (a model repo), or a local buffer folder."""
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def fetch(spec: str) -> tuple[Path, dict[str, str] | None]:
+    """A buffer folder and, for `hf:org/name[@revision]` (a model repo, downloaded), where it came from: the repo, the
+    revision asked for ("main" when none was) and the commit the download holds, so that `expert.from:
+    hf:org/name@<commit>` repeats the run. A local buffer folder has no such record (None)."""
     if not spec.startswith("hf:"):
         folder = Path(spec)
         if not folder.is_dir():
             raise DistillerError(f"expert.from {spec}: not a folder (give hf:org/name[@revision] or a buffer folder)")
-        return folder
+        return folder, None
     repo, _, revision = spec.removeprefix("hf:").partition("@")
     if repo.count("/") != 1:
         raise DistillerError(f"expert.from {spec}: give hf:org/name[@revision]")
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo, repo_type="model", revision=revision or None))
+        folder = Path(snapshot_download(repo, repo_type="model", revision=revision or None))
     except Exception as e:  # not found, offline, no such revision, ...
         raise DistillerError(f"expert.from {spec}: cannot fetch it from the Hub ({type(e).__name__})") from None
+    commit = folder.name  # the Hub cache keeps every download in snapshots/<commit>/, a tag or branch resolved
+    if not COMMIT.fullmatch(commit):
+        raise DistillerError(f"expert.from {spec}: the download ({folder}) does not say which commit it holds")
+    return folder, {"repo": repo, "revision": revision or "main", "commit": commit}

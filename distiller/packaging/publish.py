@@ -1,14 +1,18 @@
 """Publish a validated datasets folder: to the Hugging Face Hub as a tagged version, or to a directory.
 
-Publishing is never a pipeline stage, only an explicit command. To the Hub it is three calls (docs/packaging.md):
-`create_repo` (exist_ok), one `upload_folder` (one atomic commit holding every config, the card and the sidecars),
-`create_tag(v<version>)` on that commit's id, so `load_dataset(repo, "ipc10", revision="v1.2.0")` pins it. An existing
-tag is never moved. The token comes from `HF_TOKEN` or the stored login and is never printed or written; every error
-is one line with the local folder untouched.
+Publishing is never a pipeline stage, only an explicit command. To the Hub it is `create_repo` (exist_ok), one
+`upload_folder` (one commit holding every config, the card and the sidecars) and `create_tag(v<version>)` on that
+commit's id, so `load_dataset(repo, "ipc10", revision="v1.2.0")` pins it (docs/packaging.md). An existing tag is never
+moved. Upload and tag are two calls: when the tag fails, the commit stays on main untagged, the error says so, and the
+same command run again finds it (the head of main holding exactly these files) and tags it instead of uploading. The
+token comes from `HF_TOKEN` or the stored login and is never printed or written; every error is one line with the
+local folder untouched.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import shutil
 import tempfile
@@ -53,7 +57,9 @@ def publish_to_hub(
     if experts:
         with tempfile.TemporaryDirectory(prefix="distiller-experts-") as tmp:
             files = experts_hub.stage(folder, Path(tmp), version or "1.0.0")
-            return _upload(Path(tmp), tuple(files), repo_id, "model", version or "1.0.0", private, token, api)
+            return _upload(
+                Path(tmp), tuple(files), repo_id, "model", version or "1.0.0", private, token, api, title=folder.name
+            )
     report = validate(folder)
     version = version or report.version
     if version != report.version:
@@ -73,9 +79,10 @@ def _upload(
     private: bool,
     token: str | None,
     api: Any,
+    title: str = "",
 ) -> Published:
     """`files` of `folder` as one commit of the Hub repo (created if needed), tagged v<version>; a tag is never
-    moved, the token never printed, every failure one line."""
+    moved, the token never printed, every failure one line. `title` names the commit (default: the folder's name)."""
     if not SEMVER.fullmatch(version):
         raise DistillerError(f"--version must be a semantic version like 1.2.0, got '{version}'")
     tag = f"v{version}"
@@ -101,25 +108,55 @@ def _upload(
         refs = api.list_repo_refs(repo_id, repo_type=repo_type, token=token)
         if tag in {t.name for t in refs.tags}:
             raise DistillerError(f"tag {tag} already exists on {repo_id}; tags are never moved: bump the version")
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            allow_patterns=hub_patterns(files),  # the files that were checked, nothing else
-            repo_type=repo_type,
-            commit_message=f"{folder.name} {tag}",
-            # the same commit drops files this version no longer has
-            delete_patterns=["*.parquet", "*.safetensors", "*.png"],
-            token=token,
-        )
-        api.create_tag(
-            repo_id, tag=tag, tag_message=f"{folder.name} {tag}", revision=info.oid, repo_type=repo_type, token=token
-        )
+        commit = _head_holding(api, repo_id, repo_type, token, folder, files)  # an earlier run's, never tagged
+        if commit is None:
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                allow_patterns=hub_patterns(files),  # the files that were checked, nothing else
+                repo_type=repo_type,
+                commit_message=f"{title or folder.name} {tag}",
+                delete_patterns=list(STALE),  # the same commit drops files this version no longer has
+                token=token,
+            ).oid
     except DistillerError:
         raise
     except Exception as e:
         raise DistillerError(_hub_error(e, repo_id, tag, token)) from None
+    try:
+        message = f"{title or folder.name} {tag}"
+        api.create_tag(repo_id, tag=tag, tag_message=message, revision=commit, repo_type=repo_type, token=token)
+    except Exception as e:
+        raise DistillerError(
+            f"{_hub_error(e, repo_id, tag, token)}; commit {commit} on {repo_id} holds these files but is not tagged "
+            f"{tag}: run the same command again to tag it (nothing is uploaded twice)"
+        ) from None
     kind = "datasets/" if repo_type == "dataset" else ""
-    return Published(repo_id, tag, info.oid, f"https://huggingface.co/{kind}{repo_id}/tree/{tag}")
+    return Published(repo_id, tag, commit, f"https://huggingface.co/{kind}{repo_id}/tree/{tag}")
+
+
+STALE = ("*.parquet", "*.safetensors", "*.png")  # files of an earlier version that the upload deletes when not sent
+
+
+def _head_holding(api: Any, repo_id: str, repo_type: str, token: str, folder: Path, files: tuple[str, ...]) -> Any:
+    """The commit at the head of the repo's main branch when it holds exactly what the upload would make of it: each
+    of `files` with these bytes, and no stale file the upload would delete. That is an earlier publish of this very
+    folder whose tag failed; None otherwise (a new repo, other bytes, another version)."""
+    head = api.repo_info(repo_id, repo_type=repo_type, token=token).sha
+    tree = api.list_repo_tree(repo_id, revision=head, repo_type=repo_type, recursive=True, token=token)
+    remote = {f.path: f for f in tree if hasattr(f, "blob_id")}  # files, not folders
+    if any(name not in files and any(fnmatch.fnmatch(name, p) for p in STALE) for name in remote):
+        return None
+    return head if all(name in remote and _same(remote[name], folder / name) for name in files) else None
+
+
+def _same(remote: Any, local: Path) -> bool:
+    """Whether a file on the Hub holds `local`'s bytes: an LFS file by the sha256 of its content, a plain one by its
+    git blob id (sha1 of "blob <size>\\0" and the bytes)."""
+    data = local.read_bytes()
+    if remote.lfs is not None:
+        return bool(remote.lfs.sha256 == hashlib.sha256(data).hexdigest())
+    return bool(remote.blob_id == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
 
 
 def _hub_error(e: Exception, repo_id: str, tag: str, token: str) -> str:

@@ -99,7 +99,7 @@ def _fields(c: Contract, preview: bool) -> dict[str, str]:
         "paper": f"{title}, arXiv:{arxiv}",
         "distiller_version": c.distiller_version,
         "version": c.version,
-        "provenance": f"{git or 'not made in a git checkout'}, {lock}",
+        "provenance": f"{git or 'not made in a git checkout'}, {lock}{_experts(c)}",
         "nesting": nesting if len(c.budgets) > 1 else f"One config, `{c.default_config}`.",
         "runs": str(c.default.accuracy.runs),
         "test_count": str(c.source.test_split.count),
@@ -122,6 +122,15 @@ def _fields(c: Contract, preview: bool) -> dict[str, str]:
     }
 
 
+def _temperature(t: float | None) -> str:
+    return "temperature not stated" if t is None else f"temperature {t:g}"
+
+
+def _experts(c: Contract) -> str:
+    e = c.experts
+    return "" if e is None else f", MTT experts from `hf:{e.repo}` at commit `{e.commit}` (asked: `{e.revision}`)"
+
+
 def _results(c: Contract) -> str:
     refs = [r for r in ("direct", "naive_subset") if any(getattr(b, r) is not None for b in c.budgets.values())]
     head = "| config | images per class | rows | accuracy (%) | random real (%) |"
@@ -136,7 +145,13 @@ def _results(c: Contract) -> str:
             f"DD-Ranking's fair scores of `{c.default_config}` (arXiv 2505.13300; weight {d.weight}): label-robust "
             f"score **{d.lrs.mean:.4f} +- {d.lrs.std:.4f}**, augmentation-robust score **{d.ars.mean:.4f} +- "
             f"{d.ars.std:.4f}** (hard-label recovery {100 * d.hlr.mean:.2f} points, improvement over random "
-            f"{100 * d.ior.mean:.2f} points).",
+            f"{100 * d.ior.mean:.2f} points)."
+            + (
+                f" The random subset trained on soft labels too: the softmax ({_temperature(d.temperature)}) of a "
+                "teacher trained on the full data."
+                if d.random_labels == "teacher"
+                else ""
+            ),
         ]
     return "\n".join(lines) + "\n"
 

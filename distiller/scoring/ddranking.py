@@ -12,10 +12,16 @@ and a weight w = 0.5:
   mapped the same way.
 
 Every accuracy comes from this project's evaluation protocol, network i of every set with the same seeds, so the
-scores are computed network by network and reported as mean and std over the networks. Where we differ from the
+scores are computed network by network and reported as mean and std over the networks.
+
+A set that trains on learned soft labels (RaT-BPTT's) is compared, as in the package, with a random real subset
+soft-labelled by a teacher (`teacher_labels`): a network trained on the full training set under the protocol, whose
+softmax at the package's temperature (1) labels each random image. Against the random subset's hard labels, IOR and
+ARS would credit the set with what soft labels alone give, the gain the scores exist to take out. A set with hard
+labels is compared with the random subset on its hard labels, as in the package. Where we still differ from the
 package: it feeds the same expressions accuracies in percent (so its scores can leave [0, 1]), keeps the best test
-accuracy seen during training, tunes the lr of the random set, and soft-labels the random set with a teacher; we use
-fractions, the final network, the protocol's lr, and the random set's hard labels.
+accuracy seen during training, tunes the lr of the random set and loads pretrained teachers; we use fractions, the
+final network, the protocol's lr and the teacher trained here.
 """
 
 from __future__ import annotations
@@ -24,7 +30,17 @@ import math
 import statistics
 from collections.abc import Sequence
 
+import torch
+
+from distiller.core.params import Params
+from distiller.core.runtime import generator
+from distiller.data.prepared import Prepared
+from distiller.nets import models
+from distiller.nets.train import train_many
+from distiller.scoring.evaluate import Protocol
+
 WEIGHT = 0.5
+TEMPERATURE = 1.0  # the package's soft-label losses (loss_fn_kwargs.temperature in its configs)
 
 
 def robust(x: float) -> float:
@@ -70,3 +86,23 @@ def scores(
         "ior": summary([i for _, _, i in per]),
         "weight": WEIGHT,
     }
+
+
+def soft_labels(logits: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """A teacher's label distributions: softmax(logits / T) per row, as the package's losses read its outputs."""
+    return torch.softmax(logits.double() / temperature, dim=1).float()
+
+
+def teacher_labels(
+    images: torch.Tensor, data: Prepared, p: Params, proto: Protocol, device: torch.device
+) -> torch.Tensor:
+    """`images` labelled by the teacher: one network trained on the full training set under `proto` with the seeds,
+    epochs and lr of the full-data baseline's first network (so it is that network), its softmax at TEMPERATURE."""
+    cfg = proto.config(proto.real_lr, p.evaluate.full_data_epochs or None)
+    net = models.build_model(p.model, data.image_shape, data.num_classes, generator(p.seed, "eval-init", 0), device)
+    gen = generator(p.seed, "eval-train", 0, device=device)
+    train_many([net], data.train_images.to(device), data.train_labels.to(device), cfg, proto.augment, [gen])
+    net.eval()
+    with torch.inference_mode():
+        logits = torch.cat([net(x) for x in images.to(device).split(p.evaluate.test_batch_size)])
+    return soft_labels(logits)

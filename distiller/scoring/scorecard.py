@@ -130,11 +130,15 @@ def scorecard(
     }
     for q in archs.values():  # refuse an input size an architecture cannot take before training anything
         models.describe(q.model, data.image_shape, data.num_classes)
+    # random real subsets are nested too: the first k per class of one draw at the largest budget
+    real_x, real_y = real_subset(data, syn.ipc, generator(p.seed, "random-real"))
+    real = SyntheticSet(real_x, real_y, None, syn.ipc)
+    teacher = _teacher_labelled(real, syn, data, p, proto, device, w) if p.evaluate.ddranking else None
     scored = Scorer(data, p, proto, device, progress, w)
     if scored.planning:  # a torchrun job: list every set, train this rank's share, share the results
-        _metrics(syn, method, direct, data, p, proto, archs, scored)
+        _metrics(syn, method, direct, data, p, proto, archs, scored, real, teacher)
         scored.run_planned()
-    metrics = _metrics(syn, method, direct, data, p, proto, archs, scored)
+    metrics = _metrics(syn, method, direct, data, p, proto, archs, scored, real, teacher)
     scored.seconds["total"] = round(sum(scored.seconds.values()), 2)
     return metrics, scored.seconds
 
@@ -148,12 +152,11 @@ def _metrics(
     proto: Protocol,
     archs: dict[str, Params],
     scored: Scorer,
+    real: SyntheticSet,
+    teacher: SyntheticSet | None,
 ) -> dict[str, Any]:
     boosted = method == "ratbptt" and len(syn.budgets) > 1
     budgets = (syn.budgets or (syn.ipc,)) if boosted or p.evaluate.prefixes else (syn.ipc,)
-    # random real subsets are nested too: the first k per class of one draw at the largest budget
-    real_x, real_y = real_subset(data, syn.ipc, generator(p.seed, "random-real"))
-    real = SyntheticSet(real_x, real_y, None, syn.ipc)
     main = "boosted" if boosted else "distilled"
     per_budget: dict[str, dict[str, dict[str, Any]]] = {}
     for b in budgets:
@@ -173,7 +176,7 @@ def _metrics(
     # the distillation architecture's entry is the row above (same set, protocol and seeds): trained once
     on = archs or {p.model.arch: p}
     architectures = {a: scored(f"{a} ipc {syn.ipc}", syn.prefix(syn.ipc), q=q).as_dict() for a, q in on.items()}
-    fair = {"ddranking": _fair(syn, real, data, p, scored)} if p.evaluate.ddranking else {}
+    fair = {"ddranking": _fair(syn, teacher or real, data, p, scored)} if p.evaluate.ddranking else {}
     return {
         "dataset": data.source,
         "method": method,
@@ -188,26 +191,43 @@ def _metrics(
     }
 
 
+def _teacher_labelled(
+    real: SyntheticSet, syn: SyntheticSet, data: Prepared, p: Params, proto: Protocol, device: torch.device, w: World
+) -> SyntheticSet | None:
+    """DD-Ranking's random subset for a set with soft labels: the random real images on a teacher's soft labels
+    (`ddranking.teacher_labels`); None for a set with hard labels. In a torchrun job rank 0 trains the teacher and
+    every rank gets its labels (so all plan the same sets)."""
+    if syn.soft_labels is None:
+        return None
+    shape = (len(real.labels), data.num_classes)
+    mine = ddranking.teacher_labels(real.images, data, p, proto, device).cpu() if w.root else torch.zeros(shape)
+    labels = sum_to_all(w, mine.flatten()).view(shape).to(torch.float32)
+    return dataclasses.replace(real, soft_labels=labels.to(real.images.device))
+
+
 def _fair(syn: SyntheticSet, real: SyntheticSet, data: Prepared, p: Params, scored: Scorer) -> dict[str, object]:
     """DD-Ranking's scores of the largest budget (`distiller.scoring.ddranking`): besides the networks scored already,
     the set on its hard labels (the same networks when it has no soft labels) and the set and the random subset trained
-    without augmentation."""
+    without augmentation. `real` is the random subset as DD-Ranking labels it: by a teacher for a soft-label set."""
     top, rnd = syn.prefix(syn.ipc), real.prefix(syn.ipc)
     e = p.evaluate
+    tag = ", teacher labels" if rnd.soft_labels is not None else ""
     full = scored(
         "full data",
         SyntheticSet(data.train_images, data.train_labels, None, 1),
         e.full_data_epochs or None,
         e.full_data_runs,
     )
-    return ddranking.scores(
+    scores = ddranking.scores(
         full.runs,
         scored(f"hard labels ipc {syn.ipc}", dataclasses.replace(top, soft_labels=None)).runs,
         scored(f"distilled ipc {syn.ipc}", top).runs,
-        scored(f"random real ipc {syn.ipc}", rnd).runs,
+        scored(f"random real ipc {syn.ipc}{tag}", rnd).runs,
         scored(f"distilled ipc {syn.ipc}, no augmentation", top, plain=True).runs,
-        scored(f"random real ipc {syn.ipc}, no augmentation", rnd, plain=True).runs,
+        scored(f"random real ipc {syn.ipc}{tag}, no augmentation", rnd, plain=True).runs,
     )
+    teacher = {"random_labels": "teacher", "temperature": ddranking.TEMPERATURE} if tag else {"random_labels": "hard"}
+    return {**scores, **teacher}
 
 
 def budget_table(metrics: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -35,7 +35,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
 
     In a torchrun job (`distill.nproc`), RaT-BPTT's direct references are distilled by the ranks other than 0, which
     boosts (`distiller.methods.boost`) and alone writes; an MTT run has one unit of work, so rank 0 does it all."""
-    configure_torch()
+    configure_torch(p.deterministic)
     models.check_distillable(p.model)
     with distributed.world(resolve_device(p.device), timeout=WAIT) as w:
         if not w.root and p.distill.method != "ratbptt":
@@ -70,8 +70,9 @@ def _mtt(p: Params, layout: Layout, ctx: Context, buffer: ExpertBuffer) -> str:
     # MTT distils one set at distill.ipc; its prefixes are scored and packaged at every budget only when asked
     syn = dataclasses.replace(syn, budgets=effective_budgets(p.distill))
     seconds = round(time.perf_counter() - start, 2)
-    files = buffer.manifest.get("files")
+    files, fetched = buffer.manifest.get("files"), buffer.manifest.get("fetched")  # fetched: expert.from's commit
     prov = stamp(to_dict(p), method="mtt", dataset=ctx.data.source, dataset_hash=ctx.data.content_hash, experts=files)
+    prov = {**prov, "experts_fetched": fetched} if fetched is not None else prov
     with atomic_dir(layout.distill_dir) as out:
         synthetic.save(syn, out / layout.synthetic.name, prov)
         write_text(out / layout.curves.name, csv_text(curves.rows()))

@@ -15,7 +15,7 @@ from distiller.data.sources import archives
 def run(p: Params, layout: Layout, progress: Reporter = SILENT, *, from_dir: Path | None = None) -> Prepared:
     """Prepare `data.source`; `from_dir` (`distiller download --from DIR`) is a folder of the source's original
     archives, verified and copied into `data.root` first."""
-    configure_torch()
+    configure_torch(p.deterministic)
     if from_dir is not None:
         archives.import_archives(p.data.source, from_dir, archives.data_root(p.data, layout.root))
     data = prepare(p.data, layout.root)

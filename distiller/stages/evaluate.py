@@ -20,7 +20,7 @@ from distiller.scoring.scorecard import budget_table, scorecard
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> dict[str, Any]:
     """Score the synthetic set and, under the same protocol and seeds, its references (`distiller.scoring.scorecard`);
     in a torchrun job the ranks share the networks out and rank 0 writes (`distiller.core.distributed`)."""
-    configure_torch()
+    configure_torch(p.deterministic)
     with distributed.world(resolve_device(p.device)) as w:
         device = w.device(resolve_device(p.device))
         data = load_prepared(layout.prepared, p.data).to(device)

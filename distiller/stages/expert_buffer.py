@@ -8,7 +8,7 @@ import shutil
 from distiller.core import distributed
 from distiller.core.checkpoint import Store, fingerprint
 from distiller.core.errors import DistillerError
-from distiller.core.files import atomic_dir
+from distiller.core.files import atomic_dir, write_sealed_json
 from distiller.core.params import Params
 from distiller.core.paths import Layout
 from distiller.core.runtime import SILENT, Reporter, configure_torch, resolve_device
@@ -24,7 +24,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
     Each expert depends only on its index, so finished experts are checkpointed whole and a rerun after a kill trains
     only the missing ones; in a torchrun job the ranks share them out and rank 0 writes (`distiller.core.distributed`).
     RaT-BPTT needs no experts: the stage then writes a manifest saying so, in no time."""
-    configure_torch()
+    configure_torch(p.deterministic)
     models.check_distillable(p.model)
     with distributed.world(resolve_device(p.device)) as w:
         device = w.device(resolve_device(p.device))
@@ -38,7 +38,7 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
         if p.expert.from_:
             return _fetched(p, layout, data) if w.root else []
         what = dataclasses.replace(p.expert, checkpoint_every=0, parallel=0, nproc=1)  # not how: the same experts
-        key = fingerprint(info, what, device.type)
+        key = fingerprint(info, what, device.type, p.deterministic)  # on CUDA the mode changes the bits
         store = Store(layout.checkpoints("expert-buffer"), key, p.expert.checkpoint_every) if w.root else None
         advance = progress.task("expert buffer", p.expert.num_experts * p.expert.epochs)
         trained = experts.train_buffer(data, p.model, p.expert, p.augment, p.seed, device, store, advance, w)
@@ -57,8 +57,9 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
 
 
 def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
-    """`expert.from`: a published buffer, verified against this run (data hash and network), instead of training."""
-    folder = experts_hub.fetch(p.expert.from_)
+    """`expert.from`: a published buffer, verified against this run (data hash and network), instead of training.
+    From the Hub, its manifest records the commit fetched (`fetched`: repo, revision asked, commit)."""
+    folder, fetched = experts_hub.fetch(p.expert.from_)
     info = experts_hub.checked_manifest(folder)
     if info.get("dataset_hash") != data.content_hash:
         raise DistillerError(
@@ -68,8 +69,12 @@ def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
     if info.get("architecture") != models.describe(p.model, data.image_shape, data.num_classes):
         raise DistillerError(f"expert.from {p.expert.from_}: trained with another network than model params say")
     with atomic_dir(layout.experts_dir) as out:
-        for name in [buffer.MANIFEST, *info["files"]]:
+        for name in info["files"]:
             shutil.copyfile(folder / name, out / name)
+        if fetched is None:
+            shutil.copyfile(folder / buffer.MANIFEST, out / buffer.MANIFEST)
+        else:
+            write_sealed_json(out / buffer.MANIFEST, {**info, "fetched": fetched})
     return [float(a) for a in info["test_accuracy"]]
 
 

@@ -12,7 +12,7 @@ from distiller.packaging import package
 
 def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> Path:
     """Build the folder from the distilled set and its evaluation (`distiller.packaging.package`)."""
-    configure_torch()
+    configure_torch(p.deterministic)
     return package.build(p, layout)
 
 
