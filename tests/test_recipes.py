@@ -76,7 +76,7 @@ def test_a_recipe_name_that_leaves_recipes_is_one_line(tmp_path: Path, command, 
     is refused before anything is read, and params.yaml is left as it was."""
     project = tmp_path / "project"
     (project / "recipes").mkdir(parents=True)
-    for target in (tmp_path / "x.yaml", project / "x.yaml", project / "recipes/sub/x.yaml"):
+    for target in (tmp_path / "x.yaml", project / "x.yaml", project / "recipes" / "sub" / "x.yaml"):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(RECIPES / "cifar10-mtt-ipc1.yaml", target)
     params = project / "params.yaml"
