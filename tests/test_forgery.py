@@ -301,6 +301,40 @@ def test_a_checkpoint_holding_nan_is_refused_by_name_not_resumed(project: Path, 
     assert _files(project / "artifacts/distill") == before
 
 
+@pytest.mark.parametrize(
+    ("forge", "fragment"),
+    [
+        (lambda t, m: m["state"].update(accuracy=5.0), "its parameters or accuracy"),
+        (lambda t, m: m["state"].update(accuracy="high"), "its parameters or accuracy"),
+        (lambda t, m: t.update({k: v[:1] for k, v in t.items() if k.endswith("classifier.bias")}), "its parameters"),
+        (lambda t, m: [t.pop(k) for k in [k for k in t if k.startswith("epoch003/")]], "its parameters"),
+        (lambda t, m: next(iter(t.values())).fill_(float("nan")), "NaN or infinite"),
+    ],
+    ids=["accuracy above 1", "accuracy not a number", "other shapes", "an epoch short", "NaN"],
+)
+def test_a_forged_finished_expert_is_refused_not_written(project: Path, forge, fragment):
+    """A finished expert kept in .checkpoints is checked as a freshly trained one would be before it enters the
+    buffer: nothing is written with an accuracy of 5 or a network of other shapes."""
+    from distiller.methods import experts
+
+    real, calls = experts.train_experts, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    args = ("-S", "expert.parallel=1", "-S", "expert.checkpoint_every=1")
+    with patch.object(experts, "train_experts", interrupted):
+        assert stage("expert-buffer", project, *args).exit_code == 130
+    path = Layout(project).checkpoints("expert-buffer") / "done-expert_000.safetensors"
+    forge_tensors(path, ckpt.FORMAT, ckpt.FORMAT_VERSION, forge)
+    before = _files(project / "artifacts/experts")
+    refused(stage("expert-buffer", project, *args), "done-expert_000.safetensors", fragment)
+    assert _files(project / "artifacts/experts") == before
+
+
 def test_a_checkpoint_of_other_shapes_is_refused(project: Path):
     real, calls = mtt.mtt_loss, {"n": 0}
 
