@@ -2,8 +2,9 @@
 
 Each trajectory holds an expert's parameters before training (theta*_0) and after every epoch (theta*_1 ..
 theta*_E), keyed `epoch{e:03d}/{param_name}`, so nothing depends on the order of `parameters()`, with a content hash.
-The manifest says what the experts were trained on and with; `load_buffer` refuses a buffer made for other data,
-another architecture, or too few epochs.
+The manifest says what the experts were trained on and with (`read_manifest` checks each field's type and that its
+files are distiller's names inside the buffer); `load_buffer` refuses a buffer made for other data, another
+architecture, too few epochs, or other params than the run's (`differing` names them).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ MTT's buffer is the expensive part of a run (CIFAR-10: 100 experts x 50 epochs).
 the buffer (its sealed manifest, and every trajectory against the seal the manifest records) and uploads its files
 with a card (architecture, data hash, preprocessing, lr, epochs, the experts' accuracies) as one commit of a model
 repo, tagged v<version>. With `expert.from: hf:org/name[@revision]` (or a folder), the expert-buffer stage fetches a
-buffer and verifies it against this run instead of training: the data hash (which covers the preprocessing) and the
-architecture must be this run's, or the buffer is refused by name; then its files become `artifacts/experts/`.
+buffer and verifies it against this run instead of training: the data hash (which covers the preprocessing), the
+architecture and every param the experts were trained with must be this run's, or the buffer is refused naming them;
+then its files become `artifacts/experts/`. Every file name a manifest lists stays inside its folder.
 """
 
 from __future__ import annotations

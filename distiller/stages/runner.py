@@ -42,7 +42,7 @@ def run_stage(
 ) -> None:
     """Run the stage module `distiller.stages.<name>` and print its summary line (rank 0 prints it).
     With `expert.nproc`, `distill.nproc` (RaT-BPTT) or `evaluate.nproc` above 1 (outside torchrun), the stage runs as
-    a torchrun job of that many processes (`distiller.core.launch`)."""
+    a torchrun job of that many processes (`distiller.core.launch`), at most one per core or GPU (`processes`)."""
     share_cores()  # before the stage module imports torch
     with session() as reporter:
         p = load(params, overrides, extra)
