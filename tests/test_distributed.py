@@ -31,8 +31,9 @@ BOOST = tiny(
 )
 
 
-def cli(root: Path, *args: str, env: dict[str, str] | None = None, torchrun: bool = False) -> subprocess.Popen:
-    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"] if torchrun else []
+def cli(root: Path, *args: str, env: dict[str, str] | None = None, torchrun: int = 0) -> subprocess.Popen:
+    """`distiller *args` in `root`; with `torchrun`, as a torchrun job of that many processes."""
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"] if torchrun else []
     cmd = [
         sys.executable,
         *launch,
@@ -83,15 +84,21 @@ def test_references_are_shared_by_the_ranks_that_do_not_boost():
 
 
 def test_distill_nproc_writes_the_boosted_set_and_references_of_one_process(tmp_path: Path):
-    """`distill.nproc` (RaT-BPTT): rank 0 boosts while ranks 1 and 2 distil the direct references (rank 1 two of
-    them, so they reach rank 0 out of order); every output is that of one process, the params stamped in the sets
-    (which record distill.nproc) aside."""
+    """RaT-BPTT in a torchrun job: rank 0 boosts while ranks 1 and 2 distil the direct references (rank 1 two of
+    them, so they reach rank 0 out of order); every output is that of one process. Three ranks through torchrun
+    itself, which `distill.nproc` would refuse on a 2-core machine; `distill.nproc: 2` starts the same job of two,
+    whose sets record it in their params stamp."""
     ref = make_project(tmp_path / "ref", BOOST, "download", "expert-buffer")
-    project = tmp_path / "p"
+    project, keyed = tmp_path / "p", tmp_path / "keyed"
     shutil.copytree(ref, project)
+    shutil.copytree(ref, keyed)
     ok(cli(ref, "distill", env=ONE_THREAD))
-    out = ok(cli(project, "distill", "-S", "distill.nproc=3", env=ONE_THREAD))
-    assert out.count("distilled 40 images") == 1 and (project / "logs/distill.torchrun.log").is_file()
+    out = ok(cli(project, "distill", env=ONE_THREAD, torchrun=3))
+    assert out.count("distilled 40 images") == 1
+    assert outputs(project, "artifacts/distill", "metrics") == outputs(ref, "artifacts/distill", "metrics")
+    ok(cli(keyed, "distill", "-S", "distill.nproc=2", env=ONE_THREAD))
+    project = keyed  # below: the job distill.nproc started
+    assert (project / "logs/distill.torchrun.log").is_file()
     assert (project / "metrics/distill.json").read_bytes() == (ref / "metrics/distill.json").read_bytes()
     mine, theirs = outputs(project, "artifacts/distill"), outputs(ref, "artifacts/distill")
     sets = [name for name in theirs if name.endswith(".safetensors")]
@@ -100,7 +107,7 @@ def test_distill_nproc_writes_the_boosted_set_and_references_of_one_process(tmp_
     for name in sets:
         (a, pa), (b, pb) = load_synthetic(project / name), load_synthetic(ref / name)
         assert all(torch.equal(x, y) for x, y in zip(a.tensors().values(), b.tensors().values(), strict=True))
-        assert pa["params"]["distill"].pop("nproc") == 3 and pb["params"]["distill"].pop("nproc") == 1  # type: ignore[index]
+        assert pa["params"]["distill"].pop("nproc") == 2 and pb["params"]["distill"].pop("nproc") == 1  # type: ignore[index]
         assert pa == pb
     assert not (project / ".checkpoints/distill").exists()
 
@@ -109,11 +116,11 @@ def test_torchrun_writes_bitwise_the_experts_and_metrics_of_one_process(referenc
     base, ref = reference
     project = tmp_path / "p"
     shutil.copytree(base, project)
-    out = ok(cli(project, "expert-buffer", env=ONE_THREAD, torchrun=True))
+    out = ok(cli(project, "expert-buffer", env=ONE_THREAD, torchrun=2))
     assert out.count("3 experts") == 1  # rank 0 alone reports
     assert outputs(project, "artifacts/experts") == outputs(ref, "artifacts/experts")
     shutil.copytree(ref / "artifacts/distill", project / "artifacts/distill")
-    ok(cli(project, "evaluate", env=ONE_THREAD, torchrun=True))
+    ok(cli(project, "evaluate", env=ONE_THREAD, torchrun=2))
     assert (project / "metrics/evaluate.json").read_bytes() == (ref / "metrics/evaluate.json").read_bytes()
     assert outputs(project, "artifacts/evaluate") == outputs(ref, "artifacts/evaluate")
     assert not list(project.rglob("*.tmp")) and not (project / ".checkpoints/expert-buffer").exists()

@@ -1,5 +1,6 @@
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_trajectories_round_trip_by_name(expert, digits, tiny, tmp_path):
 
 def test_buffer_for_other_data_or_architecture_is_refused(expert, digits, tiny, tmp_path):
     trajectory, acc = expert
-    info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
+    info = manifest(digits, tiny.model, replace(tiny.expert, num_experts=1), tiny.augment, tiny.seed)
     seal = save_trajectory(trajectory, tmp_path / "expert_000.safetensors", info)
     write_manifest(tmp_path, info, [acc], [seal])
     assert len(load_buffer(tmp_path, digits, tiny.model, min_epochs=2).trajectories) == 1
@@ -68,7 +69,7 @@ def test_an_expert_from_another_buffer_is_refused(expert, digits, tiny, tmp_path
     """Each trajectory names the data, network and lr it was trained for; a file swapped in from another buffer (another
     split, seed or lr) is refused even though it is intact."""
     trajectory, acc = expert
-    info = manifest(digits, tiny.model, tiny.expert, tiny.augment, tiny.seed)
+    info = manifest(digits, tiny.model, replace(tiny.expert, num_experts=1), tiny.augment, tiny.seed)
     other = {**info, "dataset_hash": "f" * 64}
     seal = save_trajectory(trajectory, tmp_path / "expert_000.safetensors", other)
     write_manifest(tmp_path, info, [acc], [seal])
@@ -90,3 +91,19 @@ def test_a_swapped_or_copied_expert_is_refused(expert, digits, tiny, tmp_path):
     shutil.copyfile(tmp_path / "expert_000.safetensors", tmp_path / "expert_001.safetensors")
     with pytest.raises(DistillerError, match=r"expert_001\.safetensors: not the expert the manifest lists"):
         load_buffer(tmp_path, digits, tiny.model, min_epochs=2)
+
+
+def test_a_buffer_trained_with_other_params_than_the_run_is_refused(expert, digits, tiny, tmp_path):
+    """The distill stage passes the manifest its own params would write: a buffer trained at another lr, epoch count,
+    batch, augmentation or seed is refused naming each param, since the card would state this run's as theirs."""
+    trajectory, acc = expert
+    ours = replace(tiny.expert, num_experts=1)
+    info = manifest(digits, tiny.model, ours, tiny.augment, tiny.seed)
+    write_manifest(tmp_path, info, [acc], [save_trajectory(trajectory, tmp_path / "expert_000.safetensors", info)])
+    assert len(load_buffer(tmp_path, digits, tiny.model, 2, expected=info).trajectories) == 1
+    run = manifest(digits, tiny.model, replace(ours, lr=0.01, batch_size=32, augment=False), tiny.augment, 4)
+    with pytest.raises(DistillerError) as e:
+        load_buffer(tmp_path, digits, tiny.model, 2, expected=run)
+    named = ["expert.lr 0.05 (this run: 0.01)", "seed 0 (this run: 4)", "expert.batch_size 256 (this run: 32)"]
+    assert all(n in str(e.value) for n in [*named, "expert.augment True (this run: False)"]), e.value
+    assert "expert.epochs" not in str(e.value)

@@ -16,7 +16,7 @@ from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
 from distiller.cli.app import app
-from distiller.core.files import read_sealed_json
+from distiller.core.files import read_sealed_json, write_sealed_json
 from distiller.core.paths import Layout
 from distiller.methods.buffer import MANIFEST
 from distiller.methods.synthetic import load as load_synthetic
@@ -177,3 +177,123 @@ def test_publishing_a_ratbptt_buffer_is_refused(tmp_path: Path, hub):
     result = publish(project, api)
     assert result.exit_code == 2 and "holds no experts" in result.stderr, result.output
     api.create_repo.assert_not_called()
+
+
+def forged(trained: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the trained buffer whose manifest `edit` changed, its seal recomputed (a forger's, not an editor's)."""
+    folder = tmp_path / "forged"
+    shutil.copytree(Layout(trained).experts_dir, folder)
+    info = read_sealed_json(folder / "manifest.json", "manifest", "")
+    edit(info, folder)
+    write_sealed_json(folder / "manifest.json", info)
+    return folder
+
+
+def from_folder(project: Path, folder: Path, *extra: str):
+    args = ["expert-buffer", "--params", str(project / "params.yaml"), "--root", str(project)]
+    return runner.invoke(app, [*args, "-S", f"expert.from={folder}", *extra])
+
+
+def refused(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(f in lines[0] for f in fragments), result.stderr
+    assert "Traceback" not in result.output
+
+
+def _outside(name: str):
+    def edit(info: dict, folder: Path) -> None:
+        target = (folder / name) if not name.startswith("/") else Path(name)
+        if target.parent.is_dir():  # the file it names exists and is a genuine expert of this buffer
+            shutil.copyfile(folder / "expert_000.safetensors", target)
+        info["files"][0] = name
+
+    return edit
+
+
+@pytest.mark.parametrize("name", ["../evil.safetensors", "../../evil.safetensors", "sub/expert_000.safetensors"])
+def test_a_manifest_naming_files_outside_its_buffer_is_refused(trained: Path, tmp_path: Path, name):
+    """Names a manifest lists stay inside the buffer: nothing is read from, or written to, any other place."""
+    folder = forged(trained, tmp_path / "shared" / "buffer", _outside(name))
+    fresh = make_project(tmp_path / "fresh", RAW, "download")
+    before = files(tmp_path)
+    refused(from_folder(fresh, folder), "manifest.json", repr(name), "inside the folder")
+    assert {k: v for k, v in files(tmp_path).items() if not k.endswith(".distiller.lock")} == before
+    dest = tmp_path / "published"
+    refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), repr(name), "inside the folder")
+    assert not dest.exists() and not list(tmp_path.glob(".published*"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda info, _: info.update(test_accuracy=[]), "0 accuracies"),
+        (lambda info, _: info.update(test_accuracy=[0.5, 7.0]), "test_accuracy: wrong type or out of range"),
+        (lambda info, _: info.update(test_accuracy="high"), "test_accuracy: wrong type or out of range"),
+        (lambda info, _: info.update(num_experts=5), "num_experts 5"),
+        (lambda info, _: info.update(lr=float("nan")), "lr: wrong type"),
+        (lambda info, _: info.update(seals=[1, 2]), "seals: wrong type"),
+        (lambda info, _: info.update(architecture="convnet"), "architecture: wrong type"),
+    ],
+    ids=[
+        "no accuracies",
+        "accuracy above 1",
+        "accuracy not a list",
+        "more experts than files",
+        "lr NaN",
+        "seals",
+        "arch",
+    ],
+)
+def test_a_forged_manifest_is_one_line_for_publish_and_expert_from(trained: Path, tmp_path: Path, edit, fragment):
+    folder = forged(trained, tmp_path, edit)
+    dest = tmp_path / "published"
+    refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), "manifest.json", fragment)
+    assert not dest.exists()
+    fresh = make_project(tmp_path / "fresh", RAW, "download")
+    refused(from_folder(fresh, folder), "manifest.json", fragment)
+    assert not Layout(fresh).experts_dir.exists()
+
+
+OTHER = {**tiny(expert={"num_experts": 3, "epochs": 4, "lr": 0.02, "batch_size": 64, "augment": False}), "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def other_buffer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A genuine buffer for the same data and network, trained with other expert params and seed."""
+    return Layout(make_project(tmp_path_factory.mktemp("other"), OTHER, "download", "expert-buffer")).experts_dir
+
+
+def test_experts_trained_with_other_params_are_refused_naming_them(other_buffer: Path, tmp_path: Path):
+    fresh = make_project(tmp_path / "fresh", RAW, "download")
+    result = from_folder(fresh, other_buffer)
+    keys = ["expert.lr 0.02 (this run: 0.05)", "expert.epochs 4 (this run: 3)", "expert.batch_size 64", "seed 3"]
+    refused(result, "expert.from", *keys, "expert.augment False (this run: True)", "expert.num_experts 3")
+    assert not Layout(fresh).experts_dir.exists()
+
+
+def test_experts_taken_with_their_params_give_a_card_that_states_them(other_buffer: Path, tmp_path: Path):
+    """Set to the buffer's params, the run takes the experts, and the card states the params they were trained
+    with; a later distill with other expert params refuses the buffer rather than stamp them."""
+    fresh = make_project(tmp_path / "fresh", OTHER, "download")
+    assert from_folder(fresh, other_buffer).exit_code == 0
+    args = ["--params", str(fresh / "params.yaml"), "--root", str(fresh)]
+    refused(runner.invoke(app, ["distill", *args, "-S", "expert.lr=0.05"]), "expert.lr 0.02 (this run: 0.05)")
+    for stage in ("distill", "evaluate", "package"):
+        assert runner.invoke(app, [stage, *args]).exit_code == 0, stage
+    (folder,) = Layout(fresh).datasets_dir.iterdir()
+    front = yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
+    stated = front["distiller"]["method_params"]
+    assert stated["seed"] == 3 and stated["expert"]["lr"] == 0.02 and stated["expert"]["epochs"] == 4
+    assert stated["expert"]["batch_size"] == 64 and stated["expert"]["augment"] is False
+
+
+@pytest.mark.parametrize("version", ["banana", "1.0", "v1.0.0", "1.0.0.0"])
+def test_publish_experts_needs_a_semantic_version(trained: Path, tmp_path: Path, hub, version):
+    api, store = hub
+    refused(publish(trained, api, "--version", version), "--version must be a semantic version", repr(version))
+    api.create_repo.assert_not_called()
+    dest = tmp_path / "published"
+    args = ["publish", str(Layout(trained).experts_dir), "--to", "dir", str(dest), "--version", version]
+    refused(runner.invoke(app, args), "--version must be a semantic version")
+    assert not dest.exists() and not store.exists()

@@ -149,7 +149,43 @@ CASES = {  # name -> (forge the project, stage that reads it, what its one line 
     ),
     "grid truncated": (lambda lay: lay.grid.write_bytes(lay.grid.read_bytes()[:10]), "package", "not a readable image"),
     "grid a FIFO": (lambda lay: (lay.grid.unlink(), os.mkfifo(lay.grid)), "package", "grid.png"),
+    "manifest without accuracies": (
+        lambda lay: forge_json(lay.experts_dir / "manifest.json", _set("test_accuracy", [])),
+        "distill",
+        "0 accuracies",
+    ),
+    "manifest naming a file outside": (
+        lambda lay: forge_json(lay.experts_dir / "manifest.json", lambda m: m["files"].__setitem__(0, "../x")),
+        "distill",
+        "inside the folder",
+    ),
+    **{
+        f"prepared classes {name}": (lambda lay, v=value: _forge_prepared(lay, v), "expert-buffer", fragment)
+        for name, value, fragment in [
+            ("a number", 10, "classes must be a non-empty list"),
+            ("empty", [], "classes must be a non-empty list"),
+            ("not names", list(range(10)), "classes must be a non-empty list"),
+            ("too few", ["0", "1"], "labels must lie in 0 .. 1"),
+            ("too many", [str(c) for c in range(11)], "has no training image"),
+            ("repeated", ["0", *map(str, range(9))], "names a class twice"),
+            ("renamed", list("abcdefghij"), "content_hash is not that of its tensors"),
+        ]
+    },
 }
+
+PREPARED = ("distiller.data.prepared", "2")
+
+
+def _forge_prepared(lay: Layout, classes) -> None:
+    """The prepared data's class list replaced (its content hash too, unless the list is one of names)."""
+    from distiller.data.prepared import content_hash
+
+    def edit(t, m):
+        m["classes"] = classes
+        if classes != list("abcdefghij"):
+            m["content_hash"] = content_hash(t, tuple(map(str, classes)) if isinstance(classes, list) else ())
+
+    forge_tensors(lay.prepared, *PREPARED, edit)
 
 
 def _forge_expert(lay: Layout, edit) -> None:
@@ -160,7 +196,12 @@ def _forge_expert(lay: Layout, edit) -> None:
     forge_json(lay.experts_dir / "manifest.json", lambda m: m["seals"].__setitem__(0, seal))
 
 
-OUTPUTS = {"distill": "artifacts/distill", "evaluate": "artifacts/evaluate", "package": "datasets"}
+OUTPUTS = {
+    "expert-buffer": "artifacts/experts",
+    "distill": "artifacts/distill",
+    "evaluate": "artifacts/evaluate",
+    "package": "datasets",
+}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -222,6 +263,76 @@ def test_forged_checkpoint_state_is_refused(project: Path, state, fragment):
     path = Layout(project).checkpoints("distill") / "mtt.safetensors"
     forge_tensors(path, ckpt.FORMAT, ckpt.FORMAT_VERSION, lambda t, m: m["state"].update(state))
     refused(stage("distill", project, "-S", "distill.checkpoint_every=1"), "mtt.safetensors", fragment)
+
+
+def _nan_group(t, m) -> None:
+    m["state"]["param_groups"]["opt_img"][0]["lr"] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("forge", "fragment"),
+    [
+        (lambda t, m: t["images"].view(-1)[0].fill_(float("nan")), "images holds NaN or infinite values"),
+        (lambda t, m: t["syn_lr"].fill_(float("inf")), "syn_lr holds NaN or infinite values"),
+        (lambda t, m: next(v for k, v in t.items() if k.startswith("opt/")).fill_(float("nan")), "NaN or infinite"),
+        (_nan_group, "an optimiser's settings hold NaN"),
+        (lambda t, m: m["state"]["loop"].__setitem__("bad", -1), "bad is -1"),
+    ],
+    ids=["images", "lr", "momentum", "optimiser lr", "guard count"],
+)
+def test_a_checkpoint_holding_nan_is_refused_by_name_not_resumed(project: Path, forge, fragment):
+    """A run never checkpoints NaN (its guard rolls such steps back), so a checkpoint holding one was forged: it is
+    refused by name, not resumed into a run that would fail and blame mtt.lr_img; the outputs stay."""
+    real, calls = mtt.mtt_loss, {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with patch.object(mtt, "mtt_loss", interrupted):
+        assert stage("distill", project, "-S", "distill.checkpoint_every=1").exit_code == 130
+    path = Layout(project).checkpoints("distill") / "mtt.safetensors"
+    forge_tensors(path, ckpt.FORMAT, ckpt.FORMAT_VERSION, forge)
+    before = _files(project / "artifacts/distill")
+    with patch.object(mtt, "mtt_loss", side_effect=AssertionError("resumed")):
+        refused(stage("distill", project, "-S", "distill.checkpoint_every=1"), "mtt.safetensors", fragment)
+    assert _files(project / "artifacts/distill") == before
+
+
+@pytest.mark.parametrize(
+    ("forge", "fragment"),
+    [
+        (lambda t, m: m["state"].update(accuracy=5.0), "its parameters or accuracy"),
+        (lambda t, m: m["state"].update(accuracy="high"), "its parameters or accuracy"),
+        (lambda t, m: t.update({k: v[:1] for k, v in t.items() if k.endswith("classifier.bias")}), "its parameters"),
+        (lambda t, m: [t.pop(k) for k in [k for k in t if k.startswith("epoch003/")]], "its parameters"),
+        (lambda t, m: next(iter(t.values())).fill_(float("nan")), "NaN or infinite"),
+    ],
+    ids=["accuracy above 1", "accuracy not a number", "other shapes", "an epoch short", "NaN"],
+)
+def test_a_forged_finished_expert_is_refused_not_written(project: Path, forge, fragment):
+    """A finished expert kept in .checkpoints is checked as a freshly trained one would be before it enters the
+    buffer: nothing is written with an accuracy of 5 or a network of other shapes."""
+    from distiller.methods import experts
+
+    real, calls = experts.train_experts, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    args = ("-S", "expert.parallel=1", "-S", "expert.checkpoint_every=1")
+    with patch.object(experts, "train_experts", interrupted):
+        assert stage("expert-buffer", project, *args).exit_code == 130
+    path = Layout(project).checkpoints("expert-buffer") / "done-expert_000.safetensors"
+    forge_tensors(path, ckpt.FORMAT, ckpt.FORMAT_VERSION, forge)
+    before = _files(project / "artifacts/experts")
+    refused(stage("expert-buffer", project, *args), "done-expert_000.safetensors", fragment)
+    assert _files(project / "artifacts/experts") == before
 
 
 def test_a_checkpoint_of_other_shapes_is_refused(project: Path):

@@ -2,7 +2,8 @@
 and leaves nothing half-written; none exits 0 with a wrong result (docs/reliability.md lists the guarantees).
 
 Classes: params files and `-S` overrides; artifacts and checkpoints; dataset folders and cards for `validate` and
-`publish`; disk full and read-only filesystems in every stage and in `publish --to dir`; concurrent runs.
+`publish`; disk full (patched where writes fail, and a real full filesystem) and read-only filesystems in every stage
+and in `publish --to dir`; processes (the nproc keys) beyond the machine; concurrent runs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from unittest.mock import patch
 
 import pytest
+import torch
 import yaml
 from helpers import STAGES, TINY, make_project, tiny
 from hypothesis import HealthCheck, given, settings
@@ -446,39 +450,144 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 
 def _failing(code: int):
+    """A call failing as the kernel's do: `fsync` and `write` name no file, `mkstemp` and `mkdtemp` the one made."""
+
     def fail(*args, **kwargs):
-        raise OSError(code, os.strerror(code), str(args[0]) if args else None)
+        raise OSError(code, os.strerror(code), *([os.path.join(kwargs["dir"], "x")] if "dir" in kwargs else []))
 
     return fail
 
 
+def _full_writer(*args, **kwargs):
+    """safetensors' writer on a full disk: it raises its own error, not an OSError."""
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
 FAULTS = {errno.ENOSPC: "the disk is full", errno.EROFS: "read-only"}
+PATCHES = {  # fault -> what fails
+    "read-only": ("distiller.core.files.tempfile.mkstemp", _failing(errno.EROFS), errno.EROFS),
+    "fsync ENOSPC": ("distiller.core.files.os.fsync", _failing(errno.ENOSPC), errno.ENOSPC),
+    "writer ENOSPC": ("safetensors.torch.save_file", _full_writer, errno.ENOSPC),
+}
 
 
-@pytest.mark.parametrize("code", sorted(FAULTS), ids=["ENOSPC", "EROFS"])
-@pytest.mark.parametrize("name", STAGES)
-def test_a_failing_disk_leaves_the_previous_outputs_whole(project: Path, name, code):
-    """Every atomic write fsyncs its file and every output is made in a temporary file or folder: fail those and
-    the stage must stop with one line naming the path, leaving every earlier output byte for byte."""
+def _names_an_output(result, root: Path, code: int) -> None:
+    """One line naming a path of the project (an output or a checkpoint), not a temporary or a file descriptor."""
+    refused(result, FAULTS[code], os.strerror(code))
+    named = result.stderr.split("cannot write or read ", 1)[1].split(":", 1)[0]
+    assert named.startswith(str(root)) and not named.endswith(".tmp"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "fault"),
+    [(n, f) for n in STAGES for f in sorted(PATCHES) if f != "writer ENOSPC" or n not in ("evaluate", "package")],
+)
+def test_a_failing_disk_leaves_the_previous_outputs_whole(project: Path, name, fault):
+    """Every output is made in a temporary file or folder, fsynced and renamed: fail the making, the fsync or the
+    safetensors writer (which raises its own error; evaluate and package write no safetensors) and the stage stops
+    with one line naming the output, leaving every earlier output byte for byte."""
+    target, fail, code = PATCHES[fault]
     before = _snapshot(project)
-    target = "distiller.core.files.tempfile.mkstemp" if code == errno.EROFS else "distiller.core.files.os.fsync"
-    with patch(target, _failing(code)), patch("distiller.core.files.tempfile.mkdtemp", _failing(code)):
-        refused(stage(name, project), FAULTS[code])
+    with patch(target, fail), patch("distiller.core.files.tempfile.mkdtemp", _failing(code)):
+        _names_an_output(stage(name, project), project, code)
     assert _snapshot(project) == before
     assert not list(project.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("code", sorted(FAULTS), ids=["ENOSPC", "EROFS"])
-def test_publish_to_dir_on_a_failing_disk_leaves_nothing(folder: Path, tmp_path: Path, code):
-    dest = tmp_path / "out" / "published"
-    real, fail = shutil.copyfile, _failing(code)
+def test_publish_to_dir_on_a_failing_disk_names_the_destination(folder: Path, tmp_path: Path):
+    """shutil.copyfile on a full disk names the source first and the destination second (as sendfile fails): the
+    one line names the destination's file."""
+    dest, real = tmp_path / "out" / "published", os.sendfile
 
-    def copyfile(src, dst, **kwargs):  # the disk of the destination fails, not validation's scratch copy
-        return fail(dst) if Path(tmp_path / "out") in Path(dst).parents else real(src, dst, **kwargs)
+    def sendfile(out_fd, in_fd, offset, count):  # the destination's disk is full, not validation's scratch space
+        if not os.readlink(f"/proc/self/fd/{out_fd}").startswith(str(tmp_path / "out")):
+            return real(out_fd, in_fd, offset, count)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with patch("distiller.packaging.folder.shutil.copyfile", copyfile):
-        refused(runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)]), FAULTS[code])
+    with patch("shutil.os.sendfile", sendfile):
+        result = runner.invoke(app, ["publish", str(folder), "--to", "dir", str(dest)])
+    _names_an_output(result, dest, errno.ENOSPC)
     assert not dest.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+FULL_DISK = r"""
+import errno, gc, json, os, shutil, sys
+from pathlib import Path
+from typer.testing import CliRunner
+from distiller.cli.app import app
+
+disk, source, cases = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+skip = (".checkpoints", "logs", ".distiller.lock")
+snap = lambda root: {
+    str(p.relative_to(root)): p.read_bytes()
+    for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] not in skip
+}
+results = {}
+for case, args in cases.items():
+    project = disk / "project"
+    shutil.copytree(source, project)
+    gc.collect()
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - 8192)  # room for the lock file, not an output
+    result = CliRunner().invoke(app, [a.replace("DISK", str(disk)) for a in args])
+    os.unlink(disk / "filler")
+    results[case] = {
+        "exit": result.exit_code,
+        "stderr": result.stderr,
+        "same": snap(project) == snap(source),
+        "left": sorted(str(p.relative_to(disk)) for p in disk.rglob("*") if p.name.endswith(".tmp")),
+        "published": (disk / "published").exists(),
+    }
+    shutil.rmtree(project)
+print(json.dumps(results))
+"""
+FULL_CASES = {
+    **{name: [name, "--params", "PARAMS", "--root", "DISK/project"] for name in STAGES},
+    "publish --to dir": ["publish", "DISK/project/datasets/NAME", "--to", "dir", "DISK/published"],
+    "publish experts --to dir": ["publish", "DISK/project/artifacts/experts", "--to", "dir", "DISK/published"],
+}
+
+
+@pytest.fixture(scope="module")
+def on_a_full_disk(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every stage and `publish --to dir` run on a real full filesystem: a 16 MiB tmpfs, mounted in a user and mount
+    namespace of the test's own (no privileges needed), holding a copy of the finished project and a file that
+    leaves 8 KiB free. Skipped where the kernel allows no such namespace."""
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare(1) to mount a small filesystem with")
+    disk = tmp_path_factory.mktemp("disk")
+    name = next((finished / "datasets").iterdir()).name
+    params = str(disk / "project" / "params.yaml")
+    cases = {k: [a.replace("NAME", name).replace("PARAMS", params) for a in v] for k, v in FULL_CASES.items()}
+    mount = 'mount -t tmpfs -o size=16m tmpfs "$1" && shift && exec "$@"'
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", mount, "sh", str(disk)]
+    if subprocess.run([*cmd, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user and mount namespace here to mount a small filesystem in")
+    run = [*cmd, sys.executable, "-c", FULL_DISK, str(disk), str(finished), json.dumps(cases)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return {k: {**v, "disk": str(disk)} for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
+
+
+@pytest.mark.parametrize("case", sorted(FULL_CASES))
+def test_a_really_full_disk_is_one_line_naming_the_output(on_a_full_disk: dict, case):
+    """No patch: the kernel's ENOSPC, from Python's writes and from safetensors' own writer alike, is one line
+    naming the output (the destination, for publish), exit 2; every earlier output stays byte for byte and no
+    temporary file or partial copy is left."""
+    got = on_a_full_disk[case]
+    lines = got["stderr"].strip().splitlines()
+    assert got["exit"] == 2 and len(lines) == 1 and "No space left on device" in lines[0], got
+    named = lines[0].split("cannot write or read ", 1)[1].split(":", 1)[0]
+    where = "published" if case.startswith("publish") else "project"
+    assert named.startswith(f"{got['disk']}/{where}") and not named.endswith(".tmp"), lines[0]
+    assert got["same"] and not got["left"] and not got["published"], got
 
 
 TORCH_OOM = (
@@ -506,7 +615,42 @@ def test_a_root_that_is_a_file_is_one_line(tmp_path: Path, tiny_yaml: Path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 5. concurrency
+# 5. resources
+
+CORES = len(os.sched_getaffinity(0))
+NPROC = {"expert.nproc": "expert-buffer", "distill.nproc": "distill", "evaluate.nproc": "evaluate"}
+
+
+@pytest.mark.parametrize("key", sorted(NPROC))
+def test_more_processes_than_the_machine_runs_are_refused(project: Path, key):
+    """Each nproc key, one rule: above this machine's cores (or GPUs) it is one line naming the key and the cap, and
+    no process starts; at the cap the stage starts its torchrun job (RaT-BPTT's distill: MTT's is one process)."""
+    extra = ["-S", "distill.method=ratbptt"] if key == "distill.nproc" else []
+    with patch("distiller.stages.runner.launch") as launch:
+        refused(stage(NPROC[key], project, "-S", f"{key}=1000", *extra), f"{key} 1000", f"at most {CORES}", "CPU")
+        refused(stage(NPROC[key], project, "-S", f"{key}={CORES + 1}", *extra), key, f"({CORES} CPU cores)")
+        launch.assert_not_called()
+        if CORES > 1:
+            assert stage(NPROC[key], project, "-S", f"{key}={CORES}", *extra).exit_code == 0
+            assert launch.call_args.args[:2] == (NPROC[key], CORES)
+
+
+def test_nproc_is_capped_by_the_gpus_on_cuda_and_mtt_distills_in_one_process():
+    from distiller.stages.runner import processes
+
+    assert processes(params_from_dict({**TINY, "distill": {"nproc": CORES}}), "distill") == 1  # MTT: one unit
+    assert processes(params_from_dict({**TINY, "distill": {"nproc": 1000}}), "download") == 1
+    gpus = {**TINY, "device": "cuda", "expert": {"nproc": 2}}
+    with (
+        patch("distiller.core.runtime.resolve_device", return_value=torch.device("cuda")),
+        patch("torch.cuda.device_count", return_value=1),
+        pytest.raises(DistillerError, match=r"expert.nproc 2: .*\(1 GPUs, one per process\)"),
+    ):
+        processes(params_from_dict(gpus), "expert_buffer")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. concurrency
 
 
 def test_a_second_run_in_the_same_project_refuses(project: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,25 @@ def test_unknown_recipes_are_one_line(args, fragments):
     result = runner.invoke(app, ["recipe", *args, "--root", str(ROOT)])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert all(f in result.stderr for f in fragments), result.stderr
+
+
+@pytest.mark.parametrize("command", ["use", "show"])
+@pytest.mark.parametrize("name", ["../x", "../recipes/cifar10-mtt-ipc1", "/tmp/x", "sub/x", "..", "", "a\\b", "c:x"])
+def test_a_recipe_name_that_leaves_recipes_is_one_line(tmp_path: Path, command, name):
+    """A recipe is a plain name in recipes/: one naming a file elsewhere (which exists here, and is a valid recipe)
+    is refused before anything is read, and params.yaml is left as it was."""
+    project = tmp_path / "project"
+    (project / "recipes").mkdir(parents=True)
+    for target in (tmp_path / "x.yaml", project / "x.yaml", project / "recipes" / "sub" / "x.yaml"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RECIPES / "cifar10-mtt-ipc1.yaml", target)
+    params = project / "params.yaml"
+    params.write_text("seed: 7\n")
+    args = ["recipe", command, name, "--root", str(project), *(["--params", str(params)] if command == "use" else [])]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "recipe name" in result.stderr and "inside the folder" in result.stderr, result.stderr
+    assert "Traceback" not in result.output and params.read_text() == "seed: 7\n"
 
 
 @pytest.mark.parametrize(

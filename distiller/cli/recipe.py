@@ -57,8 +57,8 @@ def show(name: NameArg, root: RootOpt = Path(".")) -> None:
     from distiller.core.recipes import find
 
     with session():
-        recipe = find(root / "recipes", name)
-    typer.echo((root / "recipes" / f"{recipe.name}.yaml").read_text(), nl=False)
+        text = find(root / "recipes", name).path.read_text()
+    typer.echo(text, nl=False)
 
 
 @recipe_app.command()

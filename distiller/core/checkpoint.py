@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,18 @@ from distiller.core.files import load_safetensors, save_safetensors
 FORMAT = "distiller.checkpoint"
 FORMAT_VERSION = "2"  # 2: one sealed metadata entry
 LAYOUT = 2  # how a loop's state is laid out in the file; part of every fingerprint, so older layouts are stale
+
+
+def _count_like(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _finite(obj: object) -> bool:
+    """Whether every float in JSON data is finite."""
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    return all(_finite(v) for v in values)
 
 
 def fingerprint(*parts: object) -> str:
@@ -73,6 +86,9 @@ class Store:
             or state.get("iteration", 0) < 0
         ):
             raise DistillerError(f"{path}: not a distiller checkpoint (its state); delete it to start over")
+        bad = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:  # a run never checkpoints one (its guard rolls such steps back): resumed, it would fail
+            raise DistillerError(f"{path}: {bad} holds NaN or infinite values; not resumed: delete it to start over")
         self.resumed[name] = state.get("iteration", 0)
         return Saved(tensors, state)
 
@@ -135,6 +151,11 @@ class Resumable:
         curves = loop.get("curves", [])
         if not 0 < iteration < last or any(len(column) != iteration for column in curves):
             raise ValueError(f"iteration {iteration} of {last}")
+        for key, value in loop.items():  # counters and running averages: None, or finite and not negative
+            if key != "curves" and value is not None and not _count_like(value):
+                raise ValueError(f"{key} is {value!r}")
+        if not _finite(saved.state["param_groups"]):  # the optimisers' lr, momentum, ...
+            raise ValueError("an optimiser's settings hold NaN or infinite values")
         with torch.no_grad():
             for key, t in self.tensors.items():
                 if saved.tensors[key].shape != t.shape or saved.tensors[key].dtype != t.dtype:

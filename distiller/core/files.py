@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,28 +45,50 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _seal_output(path: Path) -> None:
-    """A finished temporary output (a file, or a folder and everything in it) made durable and given the usual
-    permissions (0644 and 0755 under the common umask 022): mkstemp and mkdtemp create 0600 and 0700, and so do some
-    writers (safetensors); outputs hold no secrets."""
+    """A finished temporary output (a file, or a folder and all in it) made durable and given the usual permissions
+    (0644 and 0755 under umask 022; mkstemp, mkdtemp and safetensors make 0600 and 0700): outputs hold no secrets."""
     for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
         if p.is_symlink():
             continue
         p.chmod((0o777 if p.is_dir() else 0o666) & ~UMASK)
         if p.is_file():
-            with open(p, "rb+") as f:
+            with open(p, "rb+") as f, naming(p):
                 os.fsync(f.fileno())
 
 
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})  # the output's fault
+
+
 @contextlib.contextmanager
-def _named(tmp: Path, path: Path) -> Iterator[None]:
-    """A failed file operation names the output (`path`, or the file inside it), not the temporary it was writing."""
+def naming(path: Path) -> Iterator[None]:
+    """A write error that names no file (as `write` and `fsync` raise them) names `path`, the file being written."""
     try:
         yield
     except OSError as e:
-        name = str(e.filename) if e.filename is not None else ""
-        if not name.startswith(str(tmp)):
+        if e.filename is not None or e.errno not in WRITE_ERRORS:
             raise
-        raise OSError(e.errno, e.strerror, str(path) + name[len(str(tmp)) :]) from None
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _under(name: object, tmp: Path) -> str | None:
+    """`name` (an OSError's file) relative to the temporary `tmp` ('' for tmp itself, '/x' below it), or None."""
+    text = str(name) if name is not None else ""
+    return text[len(str(tmp)) :] if text == str(tmp) or text.startswith(f"{tmp}/") else None
+
+
+@contextlib.contextmanager
+def output_named(tmp: Path, path: Path) -> Iterator[None]:
+    """A failed file operation names the output (`path`, or the file inside it), not the temporary it was writing;
+    a write error names the destination of a copy (shutil names the source first), or the output if it names none."""
+    try:
+        with naming(tmp):
+            yield
+    except OSError as e:
+        written = _under(e.filename2, tmp) if e.errno in WRITE_ERRORS else None
+        rest = written if written is not None else _under(e.filename, tmp)
+        if rest is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path) + rest) from None
 
 
 def _remove(path: Path) -> None:
@@ -75,16 +99,23 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def temporary(path: Path, directory: bool = False) -> Path:
+    """A new temporary file (or folder) beside `path`, `.<name>.XXXX.tmp`; failing to make one names `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        return Path(name)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 @contextlib.contextmanager
 def _staged(path: Path, directory: bool) -> Iterator[Path]:
     """A new temporary file (or folder) beside `path`, removed after the block unless it was renamed away."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    tmp = temporary(path, directory)
     try:
         yield tmp
     finally:
@@ -95,7 +126,7 @@ def _staged(path: Path, directory: bool) -> Iterator[Path]:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
     path = Path(path)
-    with _staged(path, directory=False) as tmp, _named(tmp, path):
+    with _staged(path, directory=False) as tmp, output_named(tmp, path):
         yield tmp
         _seal_output(tmp)
         os.replace(tmp, path)
@@ -109,7 +140,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run of this stage
         shutil.rmtree(stale, ignore_errors=True)
-    with _staged(path, directory=True) as tmp, _named(tmp, path):
+    with _staged(path, directory=True) as tmp, output_named(tmp, path):
         yield tmp
         _seal_output(tmp)
         old = path.with_name(f".{path.name}.old")
@@ -144,9 +175,8 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 def json_seal(obj: Mapping[str, Any]) -> str:
     """sha256 of a mapping's canonical JSON, the `seal` key left out."""
-    return hashlib.sha256(
-        json.dumps({k: v for k, v in obj.items() if k != "seal"}, sort_keys=True).encode()
-    ).hexdigest()
+    body = {k: v for k, v in obj.items() if k != "seal"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def write_sealed_json(path: Path | str, obj: Mapping[str, Any]) -> None:
@@ -217,14 +247,25 @@ def save_safetensors(
     path: Path | str, tensors: dict[str, torch.Tensor], fmt: str, version: str, metadata: dict[str, Any] | None = None
 ) -> str:
     """Write `tensors` with `metadata` (JSON values) under a format name and version, sealed; returns the seal."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"format": fmt, "format_version": version, **(metadata or {})}
     meta["seal"] = _seal(plain, meta)
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        try:
+            save_file(plain, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        except SafetensorError as e:  # the writer's own error for a failed write: the OSError it stands for
+            raise _os_error(e, tmp) from None
     return str(meta["seal"])
+
+
+def _os_error(e: Exception, path: Path) -> OSError:
+    """The OSError behind a safetensors writer's error ('... (os error 28)', older 'Os { code: 28'), naming path."""
+    found = re.search(r"os error (\d+)|code: (\d+)", str(e))
+    code = int(found.group(1) or found.group(2)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else f"cannot write ({first_line(e)})", str(path))
 
 
 def load_safetensors(

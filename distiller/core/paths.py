@@ -1,9 +1,37 @@
-"""Every artifact path in one place: stages, the CLI, tests and `dvc.yaml` agree through this module."""
+"""Every artifact path in one place: stages, the CLI, tests and `dvc.yaml` agree through this module; and the one
+check (`inside`) every name read from a manifest, a card or the command line passes before it becomes a path."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from distiller.core.errors import DistillerError
+
+
+def relative(name: object, what: str, where: object, *, nested: bool = False) -> str:
+    """`name` checked to stay inside the folder it is read against: a non-empty string of printable characters, not
+    absolute, with no `..` component, no backslash and no colon (a drive or a URL), and unless `nested` no folder
+    either (a plain file name). Anything else is one line naming `where` (the file or folder that gave the name)."""
+    text = name if isinstance(name, str) else ""
+    parts = PurePosixPath(text).parts
+    if (
+        not parts
+        or text.startswith("/")
+        or ".." in parts
+        or "\\" in text
+        or ":" in text
+        or not text.isprintable()
+        or (not nested and len(parts) != 1)
+    ):
+        kind = "a relative path" if nested else "a plain file name"
+        raise DistillerError(f"{where}: {what} {name!r} must be {kind} inside the folder")
+    return text
+
+
+def inside(folder: Path, name: object, what: str, where: object = None, *, nested: bool = False) -> Path:
+    """`folder / name` for a name read from a manifest, a card or the command line, once `relative` let it through."""
+    return folder / relative(name, what, folder if where is None else where, nested=nested)
 
 
 class _Below:

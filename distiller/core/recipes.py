@@ -18,6 +18,7 @@ from distiller.core import config, safeyaml
 from distiller.core.errors import DistillerError
 from distiller.core.files import write_text
 from distiller.core.params import Params, params_from_dict, render
+from distiller.core.paths import relative
 
 NAME_SUFFIX = ".yaml"
 
@@ -41,6 +42,7 @@ class Recipe:
     about: About
     overrides: dict[str, Any]  # nested like params.yaml
     params: Params  # the defaults with the overrides, validated
+    path: Path  # the file it was read from
 
 
 def load(path: Path) -> Recipe:
@@ -57,7 +59,7 @@ def load(path: Path) -> Recipe:
             f"{path}: about says {about.dataset} {about.method} ipc {about.ipc}, its params "
             f"{p.data.source} {p.distill.method} ipc {p.distill.ipc}"
         )
-    return Recipe(path.name.removesuffix(NAME_SUFFIX), about, raw["params"], p)
+    return Recipe(path.name.removesuffix(NAME_SUFFIX), about, raw["params"], p, path)
 
 
 def catalogue(folder: Path) -> dict[str, Recipe]:
@@ -68,7 +70,8 @@ def catalogue(folder: Path) -> dict[str, Recipe]:
 
 
 def find(folder: Path, name: str) -> Recipe:
-    path = folder / f"{name}{NAME_SUFFIX}"
+    """The recipe called `name` (a plain name: `recipes/<name>.yaml`, nothing outside the folder)."""
+    path = folder / f"{relative(name, 'recipe name', folder)}{NAME_SUFFIX}"
     if not path.is_file():
         known = sorted(f.name.removesuffix(NAME_SUFFIX) for f in folder.glob(f"*{NAME_SUFFIX}"))
         raise DistillerError(

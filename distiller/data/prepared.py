@@ -9,6 +9,7 @@ The file format is safetensors (no pickle) with JSON metadata.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +149,11 @@ def _load(path: Path | str) -> Prepared:
     missing = [k for k in names if k not in tensors]
     if missing:
         raise DistillerError(f"{path}: missing tensors {missing}")
+    problem = _meta_problem(meta) or _tensor_problem(tensors, meta["classes"])
+    if problem is None and meta["content_hash"] != content_hash({k: tensors[k] for k in names}, tuple(meta["classes"])):
+        problem = "its content_hash is not that of its tensors and classes"
+    if problem is not None:  # a seal vouches for no value: a file forged with its seal recomputed gets here
+        raise DistillerError(f"{path}: not prepared data distiller writes ({problem}); re-run `distiller download`")
     return Prepared(
         source=meta["source"],
         classes=tuple(meta["classes"]),
@@ -158,3 +164,44 @@ def _load(path: Path | str) -> Prepared:
         held_out=str(meta.get("held_out", "test")),
         **{k: tensors[k] for k in names},
     )
+
+
+def _meta_problem(meta: dict[str, object]) -> str | None:
+    """What is wrong with a prepared file's metadata, or None."""
+    texts = [k for k in ("source", "pixel_scale", "license", "content_hash") if not isinstance(meta.get(k), str)]
+    classes = meta.get("classes")
+    eps = meta.get("zca_eps", 0.0)
+    if texts:
+        return f"{texts[0]} is not a string"
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        return "classes must be a non-empty list of class names"
+    if len(set(classes)) != len(classes):
+        return "classes names a class twice"
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps < 0:
+        return "zca_eps must be a finite number >= 0"
+    if meta.get("held_out", "test") not in ("test", "validation"):
+        return "held_out must be test or validation"
+    return None
+
+
+def _tensor_problem(t: dict[str, torch.Tensor], classes: list[str]) -> str | None:
+    """What is wrong with a prepared file's tensors (types, shapes, finite values, labels of its classes), or None."""
+    x, y, tx, ty = t["train_images"], t["train_labels"], t["test_images"], t["test_labels"]
+    if x.dtype != torch.float32 or x.ndim != 4 or tx.dtype != torch.float32 or tx.shape[1:] != x.shape[1:]:
+        return "images must be float32 (N, C, H, W), train and test of one shape"
+    if y.dtype != torch.int64 or ty.dtype != torch.int64 or y.shape != x.shape[:1] or ty.shape != tx.shape[:1]:
+        return "labels must be int64, one per image"
+    if not len(y) or not len(ty) or any(bool(((v < 0) | (v >= len(classes))).any()) for v in (y, ty)):
+        return f"labels must lie in 0 .. {len(classes) - 1}, one per class of classes, with images in both splits"
+    if t["test_indices"].dtype != torch.int64 or t["test_indices"].ndim != 1:
+        return "test_indices must be int64 indices"
+    if int(torch.bincount(y, minlength=len(classes)).min()) == 0:
+        return "a class of classes has no training image"
+    if t["mean"].shape != x.shape[1:2] or t["std"].shape != x.shape[1:2] or not bool((t["std"] > 0).all()):
+        return "mean and std must hold one value per channel, std > 0"
+    d = x[0].numel()
+    shapes = {"zca_mean": (1, d), "zca_matrix": (d, d), "zca_inverse": (d, d)}
+    if any(tuple(t[k].shape) != shape for k, shape in shapes.items() if k in t):
+        return f"the ZCA tensors must be (1, {d}) and ({d}, {d})"
+    bad = next((k for k, v in t.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    return f"{bad} holds NaN or infinite values" if bad else None

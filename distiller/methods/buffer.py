@@ -2,21 +2,27 @@
 
 Each trajectory holds an expert's parameters before training (theta*_0) and after every epoch (theta*_1 ..
 theta*_E), keyed `epoch{e:03d}/{param_name}`, so nothing depends on the order of `parameters()`, with a content hash.
-The manifest says what the experts were trained on and with; `load_buffer` refuses a buffer made for other data,
-another architecture, or too few epochs.
+The manifest says what the experts were trained on and with (`read_manifest` checks each field's type and that its
+files are distiller's names inside the buffer); `load_buffer` refuses a buffer made for other data, another
+architecture, too few epochs, or other params than the run's (`differing` names them).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from distiller.core.errors import DistillerError
 from distiller.core.files import load_safetensors, read_sealed_json, save_safetensors, write_sealed_json
 from distiller.core.params import AugmentParams, ExpertParams, ModelParams
+from distiller.core.paths import inside
 from distiller.data.prepared import Prepared
 from distiller.nets import augment, models
 
@@ -109,33 +115,113 @@ def write_manifest(directory: Path, info: dict[str, object], accuracies: list[fl
     write_sealed_json(directory / MANIFEST, {**info, "files": files, "seals": seals, "test_accuracy": accuracies})
 
 
-def load_buffer(directory: Path, data: Prepared, model_p: ModelParams, min_epochs: int) -> ExpertBuffer:
-    """Load every trajectory, refusing a buffer made for other data or another architecture, or too short."""
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _texts(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_FIELDS: dict[str, Callable[[Any], bool]] = {  # what `write_manifest` writes, each of the type it writes
+    **dict.fromkeys(("dataset", "dataset_hash", "preprocess", "optimizer"), lambda v: isinstance(v, str)),
+    "architecture": lambda v: isinstance(v, dict),
+    "augment": lambda v: v is None or isinstance(v, dict),
+    "lr": lambda v: _number(v) and v > 0,
+    **dict.fromkeys(("epochs", "batch_size", "num_experts"), _count),
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    **dict.fromkeys(("files", "seals"), _texts),
+    "test_accuracy": lambda v: isinstance(v, list) and all(_number(a) and 0 <= a <= 1 for a in v),
+}
+
+
+def read_manifest(directory: Path) -> tuple[dict[str, Any], list[Path]]:
+    """A buffer's manifest, sealed and holding every field of the type distiller writes, and the paths of its experts:
+    each listed under the name distiller gives it, inside `directory`, with one seal and one accuracy. Anything else,
+    and a buffer without experts (RaT-BPTT's), is one line naming the manifest."""
     path = directory / MANIFEST
     info = read_sealed_json(path, "expert buffer", "run `distiller expert-buffer`")
     if info.get("format") != "distiller.experts" or info.get("format_version") != FORMAT_VERSION:
         raise DistillerError(f"{path}: not a distiller expert manifest of format version {FORMAT_VERSION}")
-    if info.get("dataset_hash") != data.content_hash:
+    wrong = [k for k, ok in _FIELDS.items() if not ok(info.get(k))]
+    if wrong:
         raise DistillerError(
-            f"{path}: experts were trained on other data ({info.get('dataset')}); re-run expert-buffer"
+            f"{path}: not distiller's expert manifest ({', '.join(wrong)}: wrong type or out of range); "
+            "re-run expert-buffer"
         )
-    arch = models.describe(model_p, data.image_shape, data.num_classes)
-    if info.get("architecture") != arch:
-        raise DistillerError(f"{path}: experts have another architecture than model params; re-run expert-buffer")
-    epochs, files, seals = info.get("epochs"), info.get("files"), info.get("seals")
-    if not isinstance(epochs, int) or not isinstance(files, list) or not isinstance(seals, list):
-        raise DistillerError(f"{path}: not a distiller expert manifest (epochs, files or seals of the wrong type)")
-    if epochs < min_epochs:
-        raise DistillerError(f"{path}: experts have {epochs} epochs, distillation needs {min_epochs}")
+    files = info["files"]
     if not files:
-        why = info.get("skipped", "it holds no trajectories")
-        raise DistillerError(f"{path}: the expert buffer is empty ({why}); MTT needs experts: re-run expert-buffer")
-    if files != [expert_file(i) for i in range(len(files))] or len(seals) != len(files):
+        why = info.get("skipped") or "no trajectories were written"
+        raise DistillerError(
+            f"{path}: the expert buffer is empty, it holds no experts ({why}); MTT needs experts: re-run expert-buffer"
+        )
+    paths = [inside(directory, f, "expert file", path) for f in files]
+    if files != [expert_file(i) for i in range(len(files))]:
         raise DistillerError(f"{path}: its list of expert files is not distiller's; re-run expert-buffer")
+    counts = len(files), len(info["seals"]), len(info["test_accuracy"]), info["num_experts"]
+    if len(set(counts)) != 1:
+        said = "{} files, {} seals, {} accuracies, num_experts {}".format(*counts)
+        raise DistillerError(f"{path}: its experts do not add up ({said}); re-run expert-buffer")
+    return info, paths
+
+
+PARAMS = {  # a manifest's keys -> the params that set them
+    "dataset_hash": "data",
+    "preprocess": "data.preprocess",
+    "architecture": "model",
+    "lr": "expert.lr",
+    "epochs": "expert.epochs",
+    "batch_size": "expert.batch_size",
+    "optimizer": "the optimiser",
+    "augment": "augment",
+    "seed": "seed",
+    "num_experts": "expert.num_experts",
+}
+
+
+def differing(info: dict[str, Any], expected: dict[str, object]) -> str:
+    """The params a buffer was trained with that are not `expected`'s (this run's `manifest`), one by one:
+    'expert.lr 0.01 (this run: 0.05), seed 3 (this run: 0)'; '' when every one agrees."""
+    ours = json.loads(json.dumps(expected))  # as the manifest holds them (lists, not tuples)
+    out = []
+    for key, param in PARAMS.items():
+        theirs, mine = info.get(key), ours.get(key)
+        if theirs == mine:
+            continue
+        if key == "augment" and (theirs is None) != (mine is None):
+            out.append(f"expert.augment {theirs is not None} (this run: {mine is not None})")
+        elif isinstance(theirs, (dict, list)) or isinstance(mine, (dict, list)) or len(str(theirs)) > 24:
+            out.append(f"{param} (other settings)")
+        else:
+            out.append(f"{param} {theirs} (this run: {mine})")
+    return ", ".join(out)
+
+
+def load_buffer(
+    directory: Path, data: Prepared, model_p: ModelParams, min_epochs: int, expected: dict[str, object] | None = None
+) -> ExpertBuffer:
+    """Load every trajectory, refusing a buffer made for other data or another architecture, or too short, and with
+    `expected` (this run's `manifest`) one trained with any other param (the card states this run's)."""
+    info, paths = read_manifest(directory)
+    path = directory / MANIFEST
+    if info["dataset_hash"] != data.content_hash:
+        raise DistillerError(f"{path}: experts were trained on other data ({info['dataset']}); re-run expert-buffer")
+    if info["architecture"] != models.describe(model_p, data.image_shape, data.num_classes):
+        raise DistillerError(f"{path}: experts have another architecture than model params; re-run expert-buffer")
+    if info["epochs"] < min_epochs:
+        raise DistillerError(f"{path}: experts have {info['epochs']} epochs, distillation needs {min_epochs}")
+    if expected is not None and (differ := differing(info, expected)):
+        raise DistillerError(f"{path}: the experts were trained with other params: {differ}; re-run expert-buffer")
     template = models.build_model(model_p, data.image_shape, data.num_classes, torch.Generator().manual_seed(0))
     shapes = {k: v.shape for k, v in template.named_parameters()}
-    trajectories = [load_trajectory(directory / f, info, seal) for f, seal in zip(files, seals, strict=True)]
-    for f, trajectory in zip(files, trajectories, strict=True):
-        if len(trajectory) != epochs + 1 or any({k: v.shape for k, v in t.items()} != shapes for t in trajectory):
-            raise DistillerError(f"{directory / f}: its parameters are not those of the network; re-run expert-buffer")
+    trajectories = [load_trajectory(f, info, seal) for f, seal in zip(paths, info["seals"], strict=True)]
+    for f, trajectory in zip(paths, trajectories, strict=True):
+        if len(trajectory) != info["epochs"] + 1 or any(
+            {k: v.shape for k, v in t.items()} != shapes for t in trajectory
+        ):
+            raise DistillerError(f"{f}: its parameters are not those of the network; re-run expert-buffer")
     return ExpertBuffer(trajectories=trajectories, manifest=info)

@@ -109,7 +109,10 @@ def train_buffer(
     def in_order() -> Iterator[tuple[int, Trajectory, float]]:
         nonlocal ready
         while w.root and ready < n and (ready in received or ready not in missing):
-            yield ready, *(received.pop(ready) if ready in received else _stored(store, ready, expert_p, advance))
+            yield (
+                ready,
+                *(received.pop(ready) if ready in received else _stored(store, ready, expert_p, advance, shapes)),
+            )
             ready += 1
 
     for first in range(0, len(groups), w.size):
@@ -130,12 +133,21 @@ def _name(i: int) -> str:
 
 
 def _stored(
-    store: Store | None, i: int, expert_p: ExpertParams, advance: Callable[[int], None]
+    store: Store | None, i: int, expert_p: ExpertParams, advance: Callable[[int], None], shapes: Shapes
 ) -> tuple[Trajectory, float]:
+    """A finished expert an earlier run kept, checked as one trained now would be: the network's parameters after
+    every epoch (finite: `Store.load`) and an accuracy in [0, 1]; else refused by name, before anything is written."""
     saved = store.finished(_name(i)) if store is not None else None
-    assert saved is not None  # it was there when the run started
+    assert store is not None and saved is not None  # it was there when the run started
+    path, acc = store.path(f"done-{_name(i)}"), saved.state.get("accuracy")
+    trajectory = trajectory_from_tensors(saved.tensors, path)
+    fits = len(trajectory) == expert_p.epochs + 1 and all(
+        {k: v.shape for k, v in t.items()} == dict(shapes) for t in trajectory
+    )
+    if not fits or not isinstance(acc, (int, float)) or isinstance(acc, bool) or not 0 <= acc <= 1:
+        raise DistillerError(f"{path}: not a finished expert of this run (its parameters or accuracy); delete it")
     advance(expert_p.epochs)
-    return trajectory_from_tensors(saved.tensors), saved.state["accuracy"]
+    return trajectory, float(acc)
 
 
 Shapes = list[tuple[str, torch.Size]]  # the network's parameters by name, in order

@@ -4,10 +4,11 @@ MTT's buffer is the expensive part of a run (CIFAR-10: 100 experts x 50 epochs).
 the buffer (its sealed manifest, and every trajectory against the seal the manifest records) and uploads its files
 with a card (architecture, data hash, preprocessing, lr, epochs, the experts' accuracies) as one commit of a model
 repo, tagged v<version>. With `expert.from: hf:org/name[@revision]` (or a folder), the expert-buffer stage fetches a
-buffer and verifies it against this run instead of training: the data hash (which covers the preprocessing) and the
-architecture must be this run's, or the buffer is refused by name; then its files become `artifacts/experts/`, its
-manifest recording under `fetched` the commit the download held (the revision, or main, resolved), which the distilled
-set's provenance and the card carry on.
+buffer and verifies it against this run instead of training: the data hash (which covers the preprocessing), the
+architecture and every param the experts were trained with must be this run's, or the buffer is refused naming them;
+then its files become `artifacts/experts/`, its manifest recording under `fetched` the commit the download held (the
+revision, or main, resolved), which the distilled set's provenance and the card carry on. Every file name a manifest
+lists stays inside its folder.
 """
 
 from __future__ import annotations
@@ -22,28 +23,23 @@ from typing import Any
 import yaml
 
 from distiller.core.errors import DistillerError
-from distiller.core.files import read_sealed_json
-from distiller.methods.buffer import FORMAT_VERSION, MANIFEST, load_trajectory
+from distiller.methods.buffer import MANIFEST, load_trajectory, read_manifest
 
 CARD = "README.md"
 
 
-def checked_manifest(folder: Path) -> dict[str, Any]:
-    """The buffer's manifest, after every trajectory it lists was read and matched against its recorded seal."""
-    info = read_sealed_json(folder / MANIFEST, "expert manifest", "an expert buffer folder holds one")
-    if info.get("format") != "distiller.experts" or info.get("format_version") != FORMAT_VERSION:
-        raise DistillerError(f"{folder / MANIFEST}: not a distiller expert manifest of format {FORMAT_VERSION}")
-    files, seals = info.get("files"), info.get("seals")
-    if not isinstance(files, list) or not files or not isinstance(seals, list) or len(seals) != len(files):
-        raise DistillerError(f"{folder / MANIFEST}: the buffer holds no experts (distill.method was not mtt?)")
-    for name, seal in zip(files, seals, strict=True):
-        load_trajectory(folder / str(name), info, seal)
-    return info
+def checked_manifest(folder: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The buffer's manifest (`buffer.read_manifest`: its fields typed, its experts named as distiller names them,
+    inside the folder) and its experts' paths, after each was read and matched against its recorded seal."""
+    info, paths = read_manifest(folder)
+    for path, seal in zip(paths, info["seals"], strict=True):
+        load_trajectory(path, info, seal)
+    return info, paths
 
 
 def card(info: dict[str, Any], version: str) -> str:
     """The model card: what the experts were trained on and with, and how well they do."""
-    accs = [float(a) for a in info.get("test_accuracy", [])]
+    accs = [float(a) for a in info["test_accuracy"]]
     arch = info["architecture"]
     front = {
         "library_name": "distiller",
@@ -67,12 +63,11 @@ def card(info: dict[str, Any], version: str) -> str:
 
 def stage(folder: Path, out: Path, version: str) -> list[str]:
     """Copy a checked buffer and its card into the empty folder `out`; returns the files to upload."""
-    info = checked_manifest(folder)
-    names = [MANIFEST, *info["files"]]
-    for name in names:
-        shutil.copyfile(folder / name, out / name)
+    info, paths = checked_manifest(folder)
+    for path in [folder / MANIFEST, *paths]:
+        shutil.copyfile(path, out / path.name)
     (out / CARD).write_text(card(info, version))
-    return [CARD, *names]
+    return [CARD, MANIFEST, *(path.name for path in paths)]
 
 
 COMMIT = re.compile(r"[0-9a-f]{40}")

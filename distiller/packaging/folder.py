@@ -15,10 +15,11 @@ import os
 import re
 import shutil
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from distiller.core.errors import DistillerError
 from distiller.core.files import UMASK
+from distiller.core.paths import relative
 
 CARD = "README.md"
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # markdown links and images: [text](target)
@@ -45,12 +46,8 @@ def inventory(folder: Path) -> tuple[str, ...]:
 
 
 def inside(folder: Path, rel: object, what: str) -> str:
-    """`rel`, a path the card names, checked to be relative and to stay inside the folder."""
-    text = rel if isinstance(rel, str) else ""
-    parts = PurePosixPath(text).parts
-    if not parts or text.startswith("/") or "\\" in text or ":" in text or ".." in parts or not text.isprintable():
-        raise DistillerError(f"{folder / CARD}: {what} {rel!r} must be a relative path inside the folder")
-    return text
+    """`rel`, a path the card names, checked to be relative and to stay inside the folder (`paths.relative`)."""
+    return relative(rel, what, folder / CARD, nested=True)
 
 
 def matching(folder: Path, files: tuple[str, ...], pattern: str) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distiller.core.errors import DistillerError, first_line
-from distiller.core.files import UMASK
+from distiller.core.files import UMASK, output_named, temporary
 from distiller.core.params import SEMVER
 from distiller.packaging import experts_hub
 from distiller.packaging.folder import copy_declared, hub_patterns
@@ -55,11 +55,10 @@ def publish_to_hub(
     1.0.0)."""
     folder = Path(folder)
     if experts:
+        version = semantic(version or "1.0.0")
         with tempfile.TemporaryDirectory(prefix="distiller-experts-") as tmp:
-            files = experts_hub.stage(folder, Path(tmp), version or "1.0.0")
-            return _upload(
-                Path(tmp), tuple(files), repo_id, "model", version or "1.0.0", private, token, api, title=folder.name
-            )
+            files = experts_hub.stage(folder, Path(tmp), version)
+            return _upload(Path(tmp), tuple(files), repo_id, "model", version, private, token, api, title=folder.name)
     report = validate(folder)
     version = version or report.version
     if version != report.version:
@@ -68,6 +67,13 @@ def publish_to_hub(
             f"-S package.version={version} so the card says what the tag says"
         )
     return _upload(folder, report.files, repo_id, "dataset", version, private, token, api)
+
+
+def semantic(version: str) -> str:
+    """`version`, refused unless it is a semantic version (the tag, and the card's `version`, are v<version>)."""
+    if not SEMVER.fullmatch(version):
+        raise DistillerError(f"--version must be a semantic version like 1.2.0, got '{version}'")
+    return version
 
 
 def _upload(
@@ -83,9 +89,7 @@ def _upload(
 ) -> Published:
     """`files` of `folder` as one commit of the Hub repo (created if needed), tagged v<version>; a tag is never
     moved, the token never printed, every failure one line. `title` names the commit (default: the folder's name)."""
-    if not SEMVER.fullmatch(version):
-        raise DistillerError(f"--version must be a semantic version like 1.2.0, got '{version}'")
-    tag = f"v{version}"
+    tag = f"v{semantic(version)}"
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise DistillerError("HF_HUB_OFFLINE is set: publishing to the Hub needs the network (unset it)")
     if token is None:
@@ -189,7 +193,7 @@ def publish_to_dir(folder: Path | str, dest: Path | str) -> Path:
 
 def publish_experts_to_dir(folder: Path | str, dest: Path | str, version: str = "1.0.0") -> Path:
     """Check an expert buffer, then copy it with its card to `dest` (new or empty), atomically."""
-    folder = Path(folder)
+    folder, version = Path(folder), semantic(version)
     return _to_dir(folder, Path(dest), lambda tmp: experts_hub.stage(folder, tmp, version))
 
 
@@ -201,11 +205,11 @@ def _to_dir(folder: Path, dest: Path, fill: Callable[[Path], object]) -> Path:
         raise DistillerError(f"{dest}: the destination is inside the folder it would copy")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DistillerError(f"{dest}: destination exists and is not an empty directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = temporary(dest, directory=True)
     try:
-        tmp.chmod(0o777 & ~UMASK)  # mkdtemp's 0700 would make the copy private
-        fill(tmp)
+        with output_named(tmp, dest):  # a full disk names the destination's file, not the source or the temporary
+            tmp.chmod(0o777 & ~UMASK)  # mkdtemp's 0700 would make the copy private
+            fill(tmp)
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)

@@ -22,7 +22,7 @@ from distiller.core.provenance import stamp
 from distiller.core.runtime import SILENT, Reporter, configure_torch, resolve_device
 from distiller.data.prepared import load_prepared
 from distiller.methods import boost, mtt, synthetic
-from distiller.methods.buffer import ExpertBuffer, load_buffer
+from distiller.methods.buffer import ExpertBuffer, load_buffer, manifest
 from distiller.methods.run import Context
 from distiller.nets import models
 from distiller.scoring import plots
@@ -48,7 +48,10 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> str:
 
         if p.distill.method == "ratbptt":
             return _ratbptt(p, layout, context(data.content_hash, device.type), w)
-        buffer = load_buffer(layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs)
+        expected = manifest(data, p.model, p.expert, p.augment, p.seed)  # the card states these params as theirs
+        buffer = load_buffer(
+            layout.experts_dir, data, p.model, p.mtt.max_start_epoch - 1 + p.mtt.expert_epochs, expected
+        )
         return _mtt(p, layout, context(data.content_hash, buffer.manifest, device.type), buffer)
 
 

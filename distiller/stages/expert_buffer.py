@@ -57,20 +57,28 @@ def run(p: Params, layout: Layout, progress: Reporter = SILENT) -> list[float]:
 
 
 def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
-    """`expert.from`: a published buffer, verified against this run (data hash and network), instead of training.
-    From the Hub, its manifest records the commit fetched (`fetched`: repo, revision asked, commit)."""
+    """`expert.from`: a published buffer, verified against this run instead of training: the data hash (which covers
+    the preprocessing), the network, and every param the experts were trained with (lr, epochs, batch, DSA, seed,
+    count), since the card states this run's params as theirs. From the Hub, its manifest records the commit fetched
+    (`fetched`: repo, revision asked, commit)."""
     folder, fetched = experts_hub.fetch(p.expert.from_)
-    info = experts_hub.checked_manifest(folder)
-    if info.get("dataset_hash") != data.content_hash:
+    info, paths = experts_hub.checked_manifest(folder)
+    if info["dataset_hash"] != data.content_hash:
         raise DistillerError(
-            f"expert.from {p.expert.from_}: trained on other data or preprocessing ({info.get('dataset')}, hash "
-            f"{str(info.get('dataset_hash'))[:12]}), not this run's {data.source} ({data.content_hash[:12]})"
+            f"expert.from {p.expert.from_}: trained on other data or preprocessing ({info['dataset']}, hash "
+            f"{info['dataset_hash'][:12]}), not this run's {data.source} ({data.content_hash[:12]})"
         )
-    if info.get("architecture") != models.describe(p.model, data.image_shape, data.num_classes):
+    if info["architecture"] != models.describe(p.model, data.image_shape, data.num_classes):
         raise DistillerError(f"expert.from {p.expert.from_}: trained with another network than model params say")
+    differ = buffer.differing(info, buffer.manifest(data, p.model, p.expert, p.augment, p.seed))
+    if differ:
+        raise DistillerError(
+            f"expert.from {p.expert.from_}: the experts were trained with other params than this run's: {differ}; "
+            "set them to the buffer's, or train the experts here (expert.from '')"
+        )
     with atomic_dir(layout.experts_dir) as out:
-        for name in info["files"]:
-            shutil.copyfile(folder / name, out / name)
+        for path in paths:
+            shutil.copyfile(path, out / path.name)
         if fetched is None:
             shutil.copyfile(folder / buffer.MANIFEST, out / buffer.MANIFEST)
         else:

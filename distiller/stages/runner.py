@@ -42,7 +42,7 @@ def run_stage(
 ) -> None:
     """Run the stage module `distiller.stages.<name>` and print its summary line (rank 0 prints it).
     With `expert.nproc`, `distill.nproc` (RaT-BPTT) or `evaluate.nproc` above 1 (outside torchrun), the stage runs as
-    a torchrun job of that many processes (`distiller.core.launch`)."""
+    a torchrun job of that many processes (`distiller.core.launch`), at most one per core or GPU (`processes`)."""
     share_cores()  # before the stage module imports torch
     with session() as reporter:
         p = load(params, overrides, extra)
@@ -52,11 +52,43 @@ def run_stage(
         layout = Layout(root)
         locked = rank() == 0 and LAUNCHED not in os.environ  # the launcher, or rank 0 of a plain torchrun, holds it
         with project_lock(layout.lock) if locked else contextlib.nullcontext():
-            distill = p.distill.nproc if p.distill.method == "ratbptt" else 1  # an MTT run is one unit of work
-            nproc = {"expert_buffer": p.expert.nproc, "distill": distill, "evaluate": p.evaluate.nproc}.get(name, 1)
-            if nproc > 1 and not in_torchrun():
+            nproc = 1 if in_torchrun() else processes(p, name)  # in a torchrun job, torchrun said how many
+            if nproc > 1:
                 launch(name.replace("_", "-"), nproc, params, overrides or [], root)
                 return  # rank 0 printed the summary
             result = stage.run(p, layout, reporter, **options)
     if rank() == 0:
         typer.echo(stage.summary(result))
+
+
+NPROC = {"expert_buffer": "expert", "distill": "distill", "evaluate": "evaluate"}  # stage -> section of its nproc
+
+
+def processes(p: Any, name: str) -> int:
+    """How many processes the stage runs as: its `<section>.nproc` (an MTT distillation is one unit of work: one),
+    refused in one line above what this machine can run at once (one process per CPU core, or per GPU on CUDA).
+    The outputs are the same for any count, so a smaller one loses nothing but time."""
+    section = NPROC.get(name)
+    if section is None:
+        return 1
+    key, nproc = f"{section}.nproc", getattr(p, section).nproc
+    if nproc > 1:
+        cap, what = _slots(p.device)
+        if nproc > cap:
+            raise DistillerError(
+                f"{key} {nproc}: more processes than this machine runs at once ({cap} {what}); set {key} to at "
+                f"most {cap} (the outputs are the same for any value), or use torchrun --nnodes for more machines"
+            )
+    return 1 if name == "distill" and p.distill.method != "ratbptt" else nproc
+
+
+def _slots(device: str) -> tuple[int, str]:
+    """How many processes this machine runs side by side: its GPUs (one per rank) on CUDA, else its CPU cores."""
+    import torch
+
+    from distiller.core.runtime import resolve_device
+
+    if resolve_device(device).type == "cuda":
+        return torch.cuda.device_count(), "GPUs, one per process"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1, "CPU cores"
