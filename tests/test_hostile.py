@@ -369,6 +369,10 @@ FOLDERS = {
         "sidecar missing or unreadable",
     ),
     "a grid that is no image": (lambda f: (f / "images/grid.png").write_bytes(b"\x89PNG junk"), "not a readable image"),
+    "a source distiller does not read": (
+        _front(lambda d: d["distiller"]["source"].update(name="nope")),
+        "distiller.source.name 'nope' is no source distiller reads",
+    ),
     "dataset_size 10**18": (
         _front(lambda d: d["dataset_info"][0].update(dataset_size=10**18)),
         "dataset_info dataset_size is 1000000000000000000",

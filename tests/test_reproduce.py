@@ -324,6 +324,8 @@ HOSTILE = {  # the issue's probes, and their neighbours: (damage a copy of the f
     "an unknown DSA family": (_aug(strategy="color_noise"), "unknown family 'noise'"),
     "another augmentation": (_aug(kind="autoaugment"), "augmentation.kind must be one of 'dsa'"),
     "per-batch draws": (_aug(draws="per-batch"), "augmentation.draws must be one of 'per-sample'"),
+    "a DSA scale of 0": (_aug(scale=0), "augmentation.scale must be >= 1"),
+    "a crop of 5 sides": (_aug(crop=5.0), "augmentation.crop must be < 1"),
     "soft labels without the column": (
         _card(_front(lambda d: d["labels"].update(train_on="soft_label"))),
         "train on soft_label, but the column is missing",
@@ -440,6 +442,19 @@ def test_a_value_reproduce_does_not_build_is_refused_by_name(digits_folder, key)
         node = getattr(node, part)
     object.__setattr__(node, leaf, "something else")  # past the contract's own checks, as a wider contract would
     with pytest.raises(DistillerError, match=rf"distiller\.{key} is 'something else'; reproduce builds"):
+        retrain.refuse_unbuilt(c, "card")
+
+
+def test_inputs_that_are_not_square_are_refused_by_name(digits_folder):
+    """The contract allows them (an imagefolder of 8x6 images); reproduce builds square inputs only."""
+    import copy
+
+    from distiller.core.errors import DistillerError
+
+    folder, _ = digits_folder
+    c = copy.deepcopy(read_card(folder / "README.md").contract)
+    object.__setattr__(c.protocol.architecture, "input_shape", (1, 8, 6))
+    with pytest.raises(DistillerError, match=r"architecture\.input_shape is 8x6; reproduce builds square inputs only"):
         retrain.refuse_unbuilt(c, "card")
 
 

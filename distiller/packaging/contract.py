@@ -104,14 +104,14 @@ class Augmentation:
     strategy: str  # DSA families joined by '_' (`Families`' rule), or none
     mode: Literal["single", "all"]
     draws: Literal["per-sample"]
-    scale: float
-    rotate_degrees: float
-    crop: float
-    cutout: float
-    flip: float
-    brightness: float
-    saturation: float
-    contrast: float
+    scale: float = field(metadata={"ge": 1})  # the bounds of `augment.*` (distiller.core.params.AugmentParams)
+    rotate_degrees: float = field(metadata={"ge": 0})
+    crop: float = field(metadata={"ge": 0, "lt": 1})
+    cutout: float = field(metadata={"ge": 0, "le": 1})
+    flip: float = field(metadata={"ge": 0, "le": 1})
+    brightness: float = field(metadata={"ge": 0})
+    saturation: float = field(metadata={"ge": 0})
+    contrast: float = field(metadata={"ge": 0})
     align_corners: bool
 
     def __post_init__(self) -> None:

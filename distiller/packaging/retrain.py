@@ -3,7 +3,7 @@
 None of it is distiller's training code (`distiller.nets`): a bug there would otherwise hide itself. `BUILT` lists, for
 every card value that says how a network trains, the values built here; `refuse_unbuilt` refuses any other with one
 line naming the key, before anything trains, so that a value the card contract allows but this module does not build
-(the zoo networks, say) never trains as something else.
+(the zoo networks, say, or inputs that are not square) never trains as something else.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ def refuse_unbuilt(c: Contract, where: str) -> None:
     for family in _families(c.protocol.augmentation):
         if family not in FAMILIES:
             raise DistillerError(f"{where}: distiller.protocol.augmentation.strategy: reproduce builds no '{family}'")
+    _, h, w = c.protocol.architecture.input_shape
+    if h != w:
+        raise DistillerError(
+            f"{where}: distiller.protocol.architecture.input_shape is {h}x{w}; reproduce builds square inputs only"
+        )
 
 
 def convnet(a: Architecture, gen: torch.Generator) -> nn.Module:

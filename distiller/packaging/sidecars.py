@@ -4,10 +4,10 @@ The preprocessing sidecar is what a consumer puts real test images through, and 
 those are: each must be the file distiller wrote (its format and seal) and say what the card says. Normalisation: a
 mean and a positive std per channel, equal to the card's (which rounds them to 8 decimals). ZCA: a mean of C*H*W
 values, a matrix and its inverse of that side, with the card's eps. Split: the card's tensor, `count` distinct
-non-negative indices. The test split fits its source (`fits_source`, which `reproduce` calls again with the source
-loaded): a source with a test split of its own is tested on all of it (`count` its size), one without on indices
-below its size; `validate` knows the sizes of the named sources (`distiller.data.catalog.SIZES`). A picture the card
-shows (or the package stage copies) must be a readable image.
+non-negative indices. The source is one distiller reads, and the test split fits it (`fits_source`, which
+`reproduce` calls again with the source loaded): a source with a test split of its own is tested on all of it
+(`count` its size), one without on indices below its size; `validate` knows the sizes of the named sources
+(`distiller.data.catalog.SIZES`). A picture the card shows (or the package stage copies) must be a readable image.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from PIL import Image
 
 from distiller.core.errors import DistillerError
 from distiller.core.files import load_safetensors
+from distiller.data.catalog import CARD as NAMED_SOURCES
 from distiller.data.catalog import SIZES
 from distiller.packaging.contract import Contract
 
@@ -36,10 +37,15 @@ def _load(staged: Path, path: Path, fmt: str) -> tuple[dict[str, torch.Tensor], 
 def check(staged: Path, folder: Path, contract: Contract) -> None:
     """Every sidecar of `contract` in the staged copy `staged` of `folder` (errors name the folder's file)."""
     _preprocessing(staged, folder, contract)
-    split = contract.source.test_split
+    split, name = contract.source.test_split, contract.source.name
+    if name not in NAMED_SOURCES and not name.startswith(("hf:", "imagefolder:")):
+        known = ", ".join([*NAMED_SOURCES, "hf:<repo_id>[:<config>]", "imagefolder:<path>"])
+        raise DistillerError(
+            f"{folder / 'README.md'}: distiller.source.name '{name}' is no source distiller reads ({known})"
+        )
     idx = split_indices(staged, folder, contract) if split.kind == "indices" else None
-    if contract.source.name in SIZES:
-        fits_source(contract, folder, idx, *SIZES[contract.source.name])
+    if name in SIZES:
+        fits_source(contract, folder, idx, *SIZES[name])
 
 
 def _preprocessing(staged: Path, folder: Path, contract: Contract) -> None:
