@@ -14,6 +14,7 @@ from distiller.core.errors import DistillerError
 from distiller.core.files import json_seal
 from distiller.core.params import Params, params_from_dict
 from distiller.core.paths import Layout
+from distiller.packaging.validate import validate
 from distiller.scoring import scorecard
 from distiller.stages import distill, evaluate, expert_buffer, package
 
@@ -52,6 +53,7 @@ def test_metrics_report_every_architecture(distilled):
     assert meta["protocol"]["architectures"]["alexnet"]["norm"] == "none"
     assert meta["protocol"]["architectures"]["convnet"] == meta["protocol"]["architecture"]
     assert "### Cross-architecture" in card and "| convnet (distillation) |" in card and "| alexnet |" in card
+    assert validate(folder).configs  # each network is held to the one distiller describes (packaging.network)
 
 
 def test_default_is_the_distillation_architecture_alone(distilled):

@@ -127,6 +127,26 @@ CASES = {  # name -> (forge the project, stage that reads it, what its one line 
         "package",
         "must be <= 1",
     ),
+    "metrics mean not its runs' mean": (  # in range, so only the check `validate` makes too can tell
+        lambda lay: forge_json(lay.evaluate_metrics, _accuracy(0.123)),
+        "package",
+        "say otherwise",
+    ),
+    "metrics std not its runs' std": (
+        lambda lay: forge_json(lay.evaluate_metrics, lambda m: m["budgets"]["2"]["random_real"].update(std=0.25)),
+        "package",
+        "distiller.budgets.ipc2.random_real claims",
+    ),
+    "metrics of a network too deep for the data": (
+        lambda lay: forge_json(lay.evaluate_metrics, lambda m: m["protocol"]["architecture"].update(depth=6)),
+        "package",
+        "architecture.depth 6 is too deep for 8x8",
+    ),
+    "metrics of a GELU network": (
+        lambda lay: forge_json(lay.evaluate_metrics, lambda m: m["protocol"]["architecture"].update(activation="gelu")),
+        "package",
+        "activation must be one of 'relu'",
+    ),
     "metrics accuracy not a number": (
         lambda lay: forge_json(lay.evaluate_metrics, _accuracy("high")),
         "package",

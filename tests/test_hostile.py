@@ -303,6 +303,43 @@ def _nan_pixels(f: Path) -> None:
     _card(f"download_size: {size}", f"download_size: {shard.stat().st_size}")(f)
 
 
+def _set_label(value: int):
+    """Row 0 of ipc1 relabelled `value` (the download size in the card kept true)."""
+
+    def relabel(f: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        shard = f / "ipc1/train-00000-of-00001.parquet"
+        table, size = pq.read_table(shard), shard.stat().st_size
+        labels = table.column("label").to_pylist()
+        labels[0] = value
+        i = table.schema.get_field_index("label")
+        pq.write_table(
+            table.set_column(i, table.schema.field("label"), pa.array(labels, table.schema.field("label").type)), shard
+        )
+        _card(f"download_size: {size}", f"download_size: {shard.stat().st_size}")(f)
+
+    return relabel
+
+
+def _split_index(value: int):
+    """The split sidecar's last test index set to `value`, its seal recomputed (a forgery, not an edit)."""
+
+    def forge(f: Path) -> None:
+        from distiller.core.files import load_safetensors, save_safetensors
+
+        path = f / "preprocessing/split.safetensors"
+        tensors, meta = load_safetensors(path, "distiller.split", "1", "split")
+        tensors["test_indices"][-1] = value
+        extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "seal")}
+        save_safetensors(path, tensors, "distiller.split", "1", extra)
+
+    return forge
+
+
+_ARCH = lambda **kw: _front(lambda d: d["distiller"]["protocol"]["architecture"].update(kw))
+
 FOLDERS = {
     "data_files leave the folder": (
         _card("path: ipc1/train-*.parquet", "path: ../../*/ipc1/*.parquet"),
@@ -336,6 +373,34 @@ FOLDERS = {
         "sidecar missing or unreadable",
     ),
     "a grid that is no image": (lambda f: (f / "images/grid.png").write_bytes(b"\x89PNG junk"), "not a readable image"),
+    "a source distiller does not read": (
+        _front(lambda d: d["distiller"]["source"].update(name="nope")),
+        "distiller.source.name 'nope' is no source distiller reads",
+    ),
+    "dataset_size 10**18": (
+        _front(lambda d: d["dataset_info"][0].update(dataset_size=10**18)),
+        "dataset_info dataset_size is 1000000000000000000",
+    ),
+    "num_bytes 10**18": (
+        _front(lambda d: d["dataset_info"][1]["splits"][0].update(num_bytes=10**18)),
+        "num_bytes is 1000000000000000000",
+    ),
+    "dataset_info for one config only": (
+        _front(lambda d: d.update(dataset_info=d["dataset_info"][:1])),
+        "dataset_info describes ['ipc1']",
+    ),
+    "a network too deep for its input": (_ARCH(depth=5), "architecture.depth 5 is too deep for 8x8"),
+    "a network of width 0": (_ARCH(width=0), "architecture.width must be >= 1"),
+    "a first padding distiller does not use": (_ARCH(first_padding=2), "first_padding is 2, but the convnet"),
+    "a GELU": (_ARCH(activation="gelu"), "activation must be one of 'relu'"),
+    "a parameter count on a convnet": (_ARCH(parameters=12), "parameters is 12, but the convnet it describes has None"),
+    "a cosine schedule": (
+        _front(lambda d: d["distiller"]["protocol"].update(lr_schedule="cosine")),
+        "lr_schedule must be one of",
+    ),
+    "a test index beyond the source": (_split_index(5000), "test index 5000 is beyond digits's 1797 images"),
+    "a label outside the classes": (_set_label(42), "a label outside 0..9"),
+    "a class short of rows": (_set_label(1), "not 1 rows of every class"),
 }
 
 

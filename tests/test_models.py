@@ -128,15 +128,16 @@ def test_convnet_description_is_unchanged():
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)], ids=["mnist", "cifar", "digits"])
-def test_the_card_describes_the_convnet_that_reproduce_rebuilds(shape):
+@pytest.mark.parametrize(("norm", "pooling"), [("instancenorm", "avgpool"), ("none", "maxpool")])
+def test_the_card_describes_the_convnet_that_reproduce_rebuilds(shape, norm, pooling):
     """The card's architecture is enough to rebuild the network a set was scored with, the first
     conv's wider padding on 28x28 inputs included: same parameters, same outputs."""
     from distiller.core import config
     from distiller.packaging.card import rebuildable
     from distiller.packaging.contract import Architecture
-    from distiller.packaging.reproduce import convnet
+    from distiller.packaging.retrain import convnet
 
-    p = ModelParams(width=8, depth=2)
+    p = ModelParams(width=8, depth=2, norm=norm, pooling=pooling)
     ours = build_model(p, shape, 10, torch.Generator().manual_seed(0))
     card = config.build(Architecture, rebuildable(describe(p, shape, 10)))
     rebuilt = convnet(card, torch.Generator().manual_seed(0))

@@ -72,3 +72,13 @@ CARD: dict[str, dict[str, str]] = {
         "homepage": "https://www.cs.toronto.edu/~kriz/cifar.html",
     },
 }
+
+# (images of the training split, images of the source's own test split or None) of the sources named above, so that
+# `distiller validate` can hold a card's test split to its source without the source at hand
+SIZES: dict[str, tuple[int, int | None]] = {
+    "digits": (1797, None),
+    "mnist": (60000, 10000),
+    "fashion-mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+}

@@ -26,6 +26,7 @@ from distiller.data.prepared import Prepared, load_prepared
 from distiller.methods import synthetic
 from distiller.methods.synthetic import SyntheticSet
 from distiller.nets import models
+from distiller.packaging import network
 from distiller.packaging.contract import (
     Budget,
     Contract,
@@ -98,10 +99,15 @@ def read_inputs(p: Params, layout: Layout) -> Inputs:
 
 
 def checked(p: Params, inp: Inputs, layout: Layout) -> Contract:
-    """`build`, then read back as a card is read (`Contract.from_dict`: every type and range), so the package stage
-    never writes a card its own `validate` would refuse; metrics that do not build one are named."""
+    """`build`, then read back as a card is read (`Contract.from_dict`: every type and range) and held to `validate`'s
+    checks of its results (`Contract.check_results`: each mean and std those of its runs) and of its networks
+    (`network.check`), so the package stage never writes a card its own `validate` would refuse; metrics that do not
+    build one are named."""
     with _metrics_errors(layout):
-        return Contract.from_dict(build(p, inp, layout).to_dict(), where=str(layout.evaluate_metrics))
+        contract = Contract.from_dict(build(p, inp, layout).to_dict(), where=str(layout.evaluate_metrics))
+    contract.check_results(str(layout.evaluate_metrics))
+    network.check(contract, layout.evaluate_metrics)
+    return contract
 
 
 @contextlib.contextmanager

@@ -8,15 +8,25 @@ and type), and `examples/train_from_card.py` trains from one. This module needs 
 
 `to_dict` / `from_dict` are inverse: optional fields (default None) are left out while unset, and keys keep the
 field order below, so card -> contract -> card is the same text.
+
+Every value that says how to train or test is one of the words distiller writes (a `Literal`, or DSA families by
+`Families`' rule): a card naming a GELU, a cosine schedule, an augmentation of another kind or a test split other than
+the source's own `test` says something no distiller run measured, and is refused by name, not read as something else.
+`Contract.check_results` holds every result to its own runs, for `validate` and the package stage alike.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distiller.core import config
 from distiller.core.config import setting
+from distiller.core.errors import DistillerError
+from distiller.core.families import Families
+from distiller.core.params import Arch
 
 
 @dataclass(frozen=True)
@@ -40,10 +50,18 @@ class EvalSplit:
 
     kind: Literal["canonical", "indices"]
     count: int = field(metadata={"ge": 1})
-    split: str | None = None  # canonical: the split's name
+    split: Literal["test"] | None = None  # canonical: the split's name
     file: str | None = None  # indices: the sidecar holding them ...
-    tensor: str | None = None  # ... under this tensor name
+    tensor: Literal["test_indices"] | None = None  # ... under this tensor name
     note: str | None = None
+
+    def __post_init__(self) -> None:
+        """canonical names a split and no sidecar; indices names a sidecar and its tensor, and no split."""
+        needs = ("split",) if self.kind == "canonical" else ("file", "tensor")
+        for key in ("split", "file", "tensor"):
+            if (getattr(self, key) is None) == (key in needs):
+                what = "is missing" if key in needs else "does not go"
+                raise DistillerError(f"distiller.source.test_split.{key} {what} with kind {self.kind}")
 
 
 @dataclass(frozen=True)
@@ -82,33 +100,36 @@ class Labels:
 class Augmentation:
     """DSA as the evaluation applied it while training (one family per minibatch in mode single)."""
 
-    kind: str
-    strategy: str
+    kind: Literal["dsa"]
+    strategy: str  # DSA families joined by '_' (`Families`' rule), or none
     mode: Literal["single", "all"]
-    draws: str
-    scale: float
-    rotate_degrees: float
-    crop: float
-    cutout: float
-    flip: float
-    brightness: float
-    saturation: float
-    contrast: float
+    draws: Literal["per-sample"]
+    scale: float = field(metadata={"ge": 1})  # the bounds of `augment.*` (distiller.core.params.AugmentParams)
+    rotate_degrees: float = field(metadata={"ge": 0})
+    crop: float = field(metadata={"ge": 0, "lt": 1})
+    cutout: float = field(metadata={"ge": 0, "le": 1})
+    flip: float = field(metadata={"ge": 0, "le": 1})
+    brightness: float = field(metadata={"ge": 0})
+    saturation: float = field(metadata={"ge": 0})
+    contrast: float = field(metadata={"ge": 0})
     align_corners: bool
+
+    def __post_init__(self) -> None:
+        Families.parse(self.strategy, "distiller.protocol.augmentation.strategy")
 
 
 @dataclass(frozen=True)
 class Architecture:
     """A network: the ConvNet by depth, width, norm and pooling; a zoo network by its definition."""
 
-    arch: str
-    norm: str
-    activation: str
+    arch: Arch
+    norm: Literal["instancenorm (GroupNorm(C, C), affine)", "none"]
+    activation: Literal["relu"]
     input_shape: tuple[int, int, int] = field(metadata={"ge": 1})  # (C, H, W)
     num_classes: int = field(metadata={"ge": 2})
-    depth: int | None = None
-    width: int | None = None
-    pooling: str | None = None
+    depth: int | None = field(default=None, metadata={"ge": 1})
+    width: int | None = field(default=None, metadata={"ge": 1})
+    pooling: Literal["avgpool", "maxpool"] | None = None
     definition: str | None = None
     head_features: int | None = None
     parameters: int | None = None
@@ -131,14 +152,14 @@ class Protocol:
     batch_size: int = field(metadata={"ge": 1})
     momentum: float | None = field(metadata={"ge": 0, "lt": 1})
     weight_decay: float = field(metadata={"ge": 0})
-    lr_schedule: str
+    lr_schedule: Literal["x0.1 at epochs // 2", "constant"]
     lr: str
     real_lr: float = field(metadata={"gt": 0})
     augmentation: Augmentation | None
     architecture: Architecture
     num_eval: int = field(metadata={"ge": 1})
     full_data: FullData
-    std: str
+    std: Literal["population (numpy default)"]
     test_split: str
     num_runs: int
     architectures: dict[str, Architecture] | None = None  # the cross-architecture networks, when scored
@@ -226,3 +247,22 @@ class Contract:
     @property
     def boosted(self) -> bool:
         return self.nested.startswith("boosted")
+
+    def results(self) -> dict[str, Result]:
+        """Every measured result, by its key under `distiller.`."""
+        found: dict[str, Result | None] = {"full_data": self.full_data}
+        for name, b in self.budgets.items():
+            keys = ("accuracy", "random_real", "direct", "naive_subset")
+            found |= {f"budgets.{name}.{k}": getattr(b, k) for k in keys}
+        found |= {f"cross_architecture.{k}": r for k, r in (self.cross_architecture or {}).items()}
+        return {k: r for k, r in found.items() if r is not None}
+
+    def check_results(self, where: str) -> None:
+        """Every result agrees with its own runs: as many values as runs, their mean and (population) std."""
+        for key, r in self.results().items():
+            agree = len(r.values) == r.runs and math.isclose(r.mean, statistics.fmean(r.values), abs_tol=1e-6)
+            if not agree or not math.isclose(r.std, statistics.pstdev(r.values), abs_tol=1e-6):
+                raise DistillerError(
+                    f"{where}: distiller.{key} claims mean {r.mean} +- {r.std} over {r.runs} runs, but its values "
+                    f"{list(r.values)} say otherwise"
+                )

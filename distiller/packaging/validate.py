@@ -2,18 +2,23 @@
 
 The folder holds only regular files, every one declared by the card (`distiller.packaging.folder`); the card is read
 with limits (`distiller.core.safeyaml`) and its `distiller:` mapping is a valid `Contract` (every key by name, type and
-range: accuracies in [0, 1], std >= 0, positive lr, ...) whose results agree with their own runs; the Hub metadata is
-there; `configs`, the data files, `dataset_info` and the contract's budgets agree; every config loads with the real
-`datasets.load_dataset` with the declared row count and features and finite pixels; configs nest; the sidecars load
-and are finite. Every failure is one line naming the file.
+range: accuracies in [0, 1], std >= 0, positive lr, distiller's words for how to train and test, ...) whose results
+agree with their own runs and whose networks are ones distiller builds (`distiller.packaging.network`); the Hub
+metadata is there; `configs`, the data files, `dataset_info` (download size exact, dataset and split bytes within a
+factor of 2 of the loaded table) and the contract's budgets agree; every config loads with the real
+`datasets.load_dataset` with the declared row count and features, `images_per_class` rows of every class, labels in
+range, soft labels when the card trains on them, and finite values; configs nest; the sidecars load, are finite and
+fit the source (`distiller.packaging.sidecars`). Every failure is one line naming the file.
+
+`checked` is the one check, shared with `distiller reproduce`, which trains from the very copy that was checked.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import re
-import statistics
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,8 @@ from distiller.core import safeyaml
 from distiller.core.errors import DistillerError, first_line
 from distiller.core.params import SEMVER
 from distiller.core.runtime import quiet_datasets
-from distiller.packaging.contract import Contract, Result
+from distiller.packaging import network
+from distiller.packaging.contract import Contract
 from distiller.packaging.folder import CARD, copy_declared, inside, inventory, matching, refuse_undeclared, shown_files
 from distiller.packaging.sidecars import check as check_sidecars
 from distiller.packaging.sidecars import check_picture
@@ -60,26 +66,45 @@ class Report:
         return f"{self.folder}: valid ({self.method}, version {self.version}; {rows}; default {self.default})"
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A folder found valid: what was checked, its card, and the copy of its declared files that was checked (under
+    a plain name, which `datasets` reads as a path and never as a glob), with the cache its configs loaded into."""
+
+    report: Report
+    card: Card
+    staged: Path
+    cache: str
+
+
 def validate(folder: Path | str) -> Report:
     """Check `folder` (see the module's docstring); returns what was checked."""
+    with checked(folder) as c:
+        return c.report
+
+
+@contextlib.contextmanager
+def checked(folder: Path | str) -> Iterator[Checked]:
+    """Check `folder` (see the module's docstring); the checked copy lives until the block ends."""
     folder = Path(folder)
     files = inventory(folder)
     if CARD not in files:
         raise DistillerError(f"{folder / CARD}: missing dataset card")
     card = read_card(folder / CARD)
-    data_files = _configs(folder, files, card)
+    data_files, infos = _configs(folder, files, card)
     sidecars = [inside(folder, rel, "sidecar") for rel in _sidecar_names(card.contract)]
     shown = shown_files(folder, card.text, files)
     declared = {CARD, *sidecars, *shown}
     refuse_undeclared(folder, files, declared.union(*data_files.values()))
-    _claims(card)
     report = Report(folder, {}, card.contract.default_config, card.contract.version, card.contract.method, files)
     with tempfile.TemporaryDirectory(prefix="distiller-validate-") as tmp, quiet_datasets():  # and leaves no cache
         staged = Path(tmp) / "folder"  # a copy under a plain name: datasets reads the folder's path as a glob
         copy_declared(folder, files, staged)
         previous: dict[str, torch.Tensor] | None = None
         for name, _ in sorted(card.contract.budgets.items(), key=lambda kv: kv[1].images_per_class):  # nesting order
-            current = _check_config(folder, name, _load(staged, folder, name, tmp), card.contract)
+            ds = _load(staged, folder, name, tmp)
+            _bytes(folder, name, infos[name], ds.data.nbytes)
+            current = _check_config(folder, name, ds, card.contract)
             if previous is not None:
                 n = len(previous["label"])
                 same = torch.equal(current["pixel_values"][:n], previous["pixel_values"]) and torch.equal(
@@ -92,7 +117,7 @@ def validate(folder: Path | str) -> Report:
         check_sidecars(staged, folder, card.contract)
         for rel in shown:
             check_picture(folder / rel, "package the folder again")
-    return report
+        yield Checked(report, card, staged, tmp)
 
 
 def read_card(card_path: Path) -> Card:
@@ -130,15 +155,17 @@ def read_card(card_path: Path) -> Card:
         )
     if contract.default_config not in contract.budgets:
         raise DistillerError(f"{card_path}: distiller.default_config '{contract.default_config}' is not a budget")
+    network.check(contract, card_path)
+    contract.check_results(str(card_path))
     configs = data.get("configs")
     if not isinstance(configs, list) or not configs or not all(isinstance(c, dict) for c in configs):
         raise DistillerError(f"{card_path}: card YAML lacks `configs` (a list of config mappings)")
     return Card(card_path, text, data, contract, configs)
 
 
-def _configs(folder: Path, files: tuple[str, ...], card: Card) -> dict[str, list[str]]:
+def _configs(folder: Path, files: tuple[str, ...], card: Card) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Configs, data files, dataset_info and the contract's budgets agree, and the contract's default config is the
-    one default; returns each config's data files."""
+    one default; returns each config's data files and dataset_info."""
     names = [c.get("config_name") for c in card.configs]
     if not all(isinstance(n, str) and n for n in names) or len(set(names)) < len(names):
         raise DistillerError(f"{card.path}: every config needs a name of its own, got {names}")
@@ -166,44 +193,39 @@ def _configs(folder: Path, files: tuple[str, ...], card: Card) -> dict[str, list
     strays = [f for f in files if f.endswith(".parquet") and not any(f in c for c in claimed.values())]
     if strays:
         raise DistillerError(f"{folder / strays[0]}: a data file no config declares")
-    _sizes(folder, card, claimed)
-    return claimed
+    return claimed, _sizes(folder, card, claimed)
 
 
-def _sizes(folder: Path, card: Card, claimed: dict[str, list[str]]) -> None:
-    """`dataset_info.download_size` of each config is the size of its data files (row counts are checked when the
-    config loads: `datasets` compares them with `num_examples`)."""
-    infos = card.data.get("dataset_info")
-    for info in infos if isinstance(infos, list) else [infos]:
-        if (
-            not isinstance(info, dict)
-            or not isinstance(info.get("config_name"), str)
-            or info["config_name"] not in claimed
-        ):
+def _sizes(folder: Path, card: Card, claimed: dict[str, list[str]]) -> dict[str, Any]:
+    """`dataset_info` holds one entry per config, whose `download_size` is the size of its data files (row counts
+    are checked when the config loads: `datasets` compares them with `num_examples`); returns them by config."""
+    raw = card.data.get("dataset_info")
+    infos: dict[str, Any] = {}
+    for info in raw if isinstance(raw, list) else [raw]:
+        name = info.get("config_name") if isinstance(info, dict) else None
+        if not isinstance(info, dict) or not isinstance(name, str) or name not in claimed or name in infos:
             raise DistillerError(f"{card.path}: dataset_info must hold one entry per config, got {info!r:.80}")
-        name, declared = info["config_name"], info.get("download_size")
+        infos[name], declared = info, info.get("download_size")
         actual = sum((folder / f).stat().st_size for f in claimed[name])
         if declared != actual:
             raise DistillerError(
                 f"{folder / name}: its data files hold {actual} bytes, but the card's dataset_info says {declared}"
             )
+    if sorted(infos) != sorted(claimed):
+        raise DistillerError(f"{card.path}: dataset_info describes {sorted(infos)}, the configs are {sorted(claimed)}")
+    return infos
 
 
-def _claims(card: Card) -> None:
-    """Every result of the contract agrees with its own runs: as many values as runs, their mean and std."""
-    c = card.contract
-    results: dict[str, Result | None] = {"full_data": c.full_data}
-    for name, b in c.budgets.items():
-        results |= {f"budgets.{name}.{k}": getattr(b, k) for k in ("accuracy", "random_real", "direct", "naive_subset")}
-    results |= {f"cross_architecture.{k}": r for k, r in (c.cross_architecture or {}).items()}
-    for key, r in results.items():
-        if r is None:
-            continue
-        agree = len(r.values) == r.runs and math.isclose(r.mean, statistics.fmean(r.values), abs_tol=1e-6)
-        if not agree or not math.isclose(r.std, statistics.pstdev(r.values), abs_tol=1e-6):
+def _bytes(folder: Path, name: str, info: dict[str, Any], nbytes: int) -> None:
+    """`dataset_size` and the train split's `num_bytes` are the size of the table the config loads as, within a
+    factor of 2 (the exact figure is one `datasets` version's arrow layout; 10**18 is no layout's)."""
+    splits = info.get("splits")
+    if not isinstance(splits, list) or len(splits) != 1 or not isinstance(splits[0], dict):
+        raise DistillerError(f"{folder / name}: the card's dataset_info must list its one split, train")
+    for key, value in (("dataset_size", info.get("dataset_size")), ("splits num_bytes", splits[0].get("num_bytes"))):
+        if not isinstance(value, int) or isinstance(value, bool) or not nbytes / 2 <= value <= 2 * nbytes:
             raise DistillerError(
-                f"{card.path}: distiller.{key} claims mean {r.mean} +- {r.std} over {r.runs} runs, but its values "
-                f"{list(r.values)} say otherwise"
+                f"{folder / name}: the card's dataset_info {key} is {value!r}, but its rows load as {nbytes} bytes"
             )
 
 
@@ -231,8 +253,8 @@ def _check_config(folder: Path, name: str, ds: Any, contract: Contract) -> dict[
     classes = label.num_classes
     if len(ds) != budget.rows or len(ds) != budget.images_per_class * classes:
         raise DistillerError(
-            f"{folder / name}: {len(ds)} rows, but the card says {budget.rows} "
-            f"({budget.images_per_class} per class x {classes} classes)"
+            f"{folder / name}: {len(ds)} rows, but the card says {budget.rows} (distiller.budgets.{name}.rows; "
+            f"images_per_class {budget.images_per_class} x {classes} classes)"
         )
     feat = ds.features.get("pixel_values")
     if type(feat).__name__ != "Array3D" or getattr(feat, "dtype", None) != "float32":
@@ -249,9 +271,16 @@ def _check_config(folder: Path, name: str, ds: Any, contract: Contract) -> dict[
     except (TypeError, ValueError) as e:  # the card's dataset_info declares features the parquet does not hold
         raise DistillerError(f"{folder / name}: its rows do not read as the card declares ({first_line(e)})") from None
     for column in (c for c in columns if c != "label"):
-        if not torch.isfinite(t[column]).all():
-            raise DistillerError(f"{folder / name}: {column} holds NaN or infinite values")
-    return {"pixel_values": t["pixel_values"], "label": t["label"]}
+        if not isinstance(t[column], torch.Tensor) or not torch.isfinite(t[column]).all():
+            raise DistillerError(f"{folder / name}: {column} holds NaN or infinite values, or rows of other shapes")
+    if "soft_label" in t and tuple(t["soft_label"].shape) != (len(ds), classes):
+        raise DistillerError(f"{folder / name}: soft_label rows must hold {classes} values each")
+    labels = t["label"]
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise DistillerError(f"{folder / name}: a label outside 0..{classes - 1}")
+    if bool((torch.bincount(labels, minlength=classes) != budget.images_per_class).any()):
+        raise DistillerError(f"{folder / name}: not {budget.images_per_class} rows of every class")
+    return {"pixel_values": t["pixel_values"], "label": labels}
 
 
 def _sidecar_names(contract: Contract) -> list[str]:
