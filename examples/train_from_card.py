@@ -11,6 +11,7 @@ the `test` split of an `hf:` dataset; the images of an `imagefolder:` source at 
 `distiller reproduce` does the same with a table and an exit code.
 """
 
+import contextlib
 import math
 import random
 import sys
@@ -137,6 +138,11 @@ def convnet() -> nn.Module:
     return net
 
 
+def mixed() -> contextlib.AbstractContextManager:
+    """The card's arithmetic: bf16 networks train their forward in bfloat16 (here torch's autocast), fp32 in float32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if arch.precision == "bf16" else contextlib.nullcontext()
+
+
 accs = []
 for run in range(runs):
     torch.manual_seed(run)
@@ -148,9 +154,11 @@ for run in range(runs):
             opt.param_groups[0]["lr"] *= 0.1
         for i in torch.randperm(len(x)).split(proto.batch_size):
             opt.zero_grad()
-            F.cross_entropy(net(dsa(x[i]) if aug else x[i]), y[i]).backward()
+            with mixed():
+                logits = net(dsa(x[i]) if aug else x[i])
+            F.cross_entropy(logits.float(), y[i]).backward()
             opt.step()
-    with torch.no_grad():
+    with torch.no_grad(), mixed():
         accs.append((net.eval()(test_x).argmax(1) == test_y).float().mean().item())
 
 acc, claimed = torch.tensor(accs), budget.accuracy

@@ -53,6 +53,9 @@ class ModelParams:
     width: int = setting(64, "convnet: channels per conv layer", ge=1)
     norm: Literal["instancenorm", "none"] = setting("instancenorm", "instancenorm: GroupNorm(C, C), no buffers")
     pooling: Literal["avgpool", "maxpool"] = setting("avgpool", "convnet: 2x2 pooling after every block")
+    precision: Literal["fp32", "bf16", "auto"] = setting(
+        "fp32", "convnet arithmetic: fp32, bf16 (fp32 masters), auto: bf16 where native (docs/precision.md)"
+    )
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,10 @@ def load_buffer(
     if info["dataset_hash"] != data.content_hash:
         raise DistillerError(f"{path}: experts were trained on other data ({info['dataset']}); re-run expert-buffer")
     if info["architecture"] != models.describe(model_p, data.image_shape, data.num_classes):
-        raise DistillerError(f"{path}: experts have another architecture than model params; re-run expert-buffer")
+        raise DistillerError(
+            f"{path}: experts have another architecture than model params (model.precision included: the experts' is "
+            f"{info['architecture'].get('precision', 'fp32')}); re-run expert-buffer"
+        )
     if info["epochs"] < min_epochs:
         raise DistillerError(f"{path}: experts have {info['epochs']} epochs, distillation needs {min_epochs}")
     if expected is not None and (differ := differing(info, expected)):

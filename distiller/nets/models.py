@@ -25,6 +25,7 @@ from torch import nn
 
 from distiller.core.errors import DistillerError
 from distiller.core.params import ModelParams
+from distiller.nets import precision
 
 INSTANCENORM = "instancenorm (GroupNorm(C, C), affine)"
 
@@ -64,17 +65,18 @@ class ConvNet(nn.Module):
         for d in range(p.depth):
             if height < 2 or width < 2:
                 raise DistillerError(f"model.depth {p.depth} is too deep for {image_shape[1]}x{image_shape[2]} images")
-            layers.append(nn.Conv2d(in_ch, p.width, 3, padding=pad if d == 0 else 1))
+            layers.append(precision.Conv2d(in_ch, p.width, 3, padding=pad if d == 0 else 1))
             if p.norm == "instancenorm":
-                layers.append(nn.GroupNorm(p.width, p.width, affine=True))
+                layers.append(precision.GroupNorm(p.width, p.width, affine=True))
             layers.append(nn.ReLU())
             layers.append(nn.AvgPool2d(2) if p.pooling == "avgpool" else nn.MaxPool2d(2))
             in_ch, height, width = p.width, height // 2, width // 2
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(p.width * height * width, num_classes)
+        self.classifier = precision.Linear(p.width * height * width, num_classes)
+        self.dtype = precision.DTYPES[precision.resolve(p.precision, "cpu")]  # build_model resolves auto per device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        return precision.run(x, self.dtype, lambda x: self.classifier(self.features(x).flatten(1)))
 
 
 class BasicBlock(nn.Module):
@@ -251,6 +253,8 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         model = _construct(p, image_shape, num_classes)
     init_parameters(model, gen)
+    if isinstance(model, ConvNet):  # model.precision shapes the ConvNet only
+        model.dtype = precision.DTYPES[precision.resolve(p.precision, device)]
     return model.to(device)
 
 
@@ -280,6 +284,7 @@ def describe(p: ModelParams, image_shape: tuple[int, int, int], num_classes: int
             "activation": "relu",
             "input_shape": list(image_shape),
             "num_classes": num_classes,
+            **({"precision": p.precision} if p.precision != "fp32" else {}),  # no key: fp32, as before the param
         }
     head = model.classifier
     assert isinstance(head, nn.Linear)

@@ -134,6 +134,7 @@ class Architecture:
     head_features: int | None = None
     parameters: int | None = None
     first_padding: int | None = field(default=None, metadata={"ge": 0})  # the ConvNet's first conv; the others pad 1
+    precision: Literal["fp32", "bf16"] = "fp32"  # the arithmetic it trained in (bf16: fp32 weights, bf16 forward)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def _network(a: Architecture, key: str, where: Path | str) -> None:
         raise DistillerError(f"{where}: {key} is no network distiller builds ({first_line(e)})") from None
     if a.arch == "convnet":
         described["first_padding"] = models.first_padding(a.input_shape)
+    described.setdefault("precision", "fp32")  # a description names bf16 only; the zoo trains in fp32
     card = config.to_dict(a)
     for k in [*described, *(k for k in card if k not in described)]:
         mine, theirs = _plain(card.get(k)), _plain(described.get(k))
@@ -73,6 +74,7 @@ def _convnet(a: Architecture, key: str, where: Path | str) -> ModelParams:
         width=a.width,
         norm="none" if a.norm == "none" else "instancenorm",
         pooling=a.pooling,
+        precision=a.precision,
     )
 
 

@@ -29,6 +29,7 @@ BUILT: dict[str, tuple[Any, ...]] = {  # key under `distiller.` -> the values bu
     "protocol.architecture.norm": (INSTANCENORM, "none"),
     "protocol.architecture.pooling": ("avgpool", "maxpool"),
     "protocol.architecture.activation": ("relu",),
+    "protocol.architecture.precision": ("fp32", "bf16"),
     "protocol.augmentation.kind": ("dsa",),
     "protocol.augmentation.mode": ("single", "all"),
     "protocol.augmentation.draws": ("per-sample",),
@@ -86,6 +87,18 @@ def convnet(a: Architecture, gen: torch.Generator) -> nn.Module:
                 m.weight.uniform_(-bound, bound, generator=gen)
                 m.bias.uniform_(-bound, bound, generator=gen)
     return net
+
+
+def forward(net: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """The network's logits in float32; in bf16 the weights (float32 masters) and the input are cast to bfloat16 for
+    the whole forward (autocast on CUDA), as the card's `precision` says its networks trained."""
+    if precision == "fp32":
+        return net(x)
+    if x.is_cuda:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return net(x).float()
+    weights = {k: v.to(torch.bfloat16) for k, v in net.named_parameters()}
+    return torch.func.functional_call(net, weights, (x.to(torch.bfloat16),)).float()
 
 
 def _families(aug: Augmentation | None) -> list[str]:
@@ -165,7 +178,7 @@ def train_and_test(
 ) -> float:
     """One network trained on (x, y) as the card's protocol says; its accuracy on the test set."""
     proto, gen = c.protocol, generator(seed, "reproduce")
-    net = convnet(proto.architecture, gen)
+    net, precision = convnet(proto.architecture, gen), proto.architecture.precision
     params = list(net.parameters())
     if proto.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, budget.lr, weight_decay=proto.weight_decay)
@@ -177,10 +190,10 @@ def train_and_test(
         for i in torch.randperm(len(x), generator=gen).split(proto.batch_size):
             batch = card_dsa(x[i], proto.augmentation, gen) if proto.augmentation else x[i]
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(batch), y[i]).backward()
+            F.cross_entropy(forward(net, batch, precision), y[i]).backward()
             opt.step()
     net.eval()
     with torch.no_grad():
         pairs = zip(test[0].split(1024), test[1].split(1024), strict=True)
-        correct = sum(int((net(a).argmax(1) == b).sum()) for a, b in pairs)
+        correct = sum(int((forward(net, a, precision).argmax(1) == b).sum()) for a, b in pairs)
     return correct / len(test[1])

@@ -69,7 +69,10 @@ def _fetched(p: Params, layout: Layout, data: Prepared) -> list[float]:
             f"{info['dataset_hash'][:12]}), not this run's {data.source} ({data.content_hash[:12]})"
         )
     if info["architecture"] != models.describe(p.model, data.image_shape, data.num_classes):
-        raise DistillerError(f"expert.from {p.expert.from_}: trained with another network than model params say")
+        raise DistillerError(
+            f"expert.from {p.expert.from_}: trained with another network than model params say (model.precision "
+            f"included: the experts' is {info['architecture'].get('precision', 'fp32')})"
+        )
     differ = buffer.differing(info, buffer.manifest(data, p.model, p.expert, p.augment, p.seed))
     if differ:
         raise DistillerError(

@@ -9,6 +9,7 @@ running each stage command).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -32,6 +33,18 @@ def load(params: Path | None, overrides: list[str] | None, extra: dict[str, Any]
     return load_params(params, pairs)
 
 
+def resolved(p: Any) -> Any:
+    """`model.precision: auto` resolved for the device the stage runs on, so that what the stage stamps on its outputs
+    (and the card states) is the arithmetic it used."""
+    if p.model.precision != "auto":
+        return p
+    from distiller.core.runtime import resolve_device
+    from distiller.nets.precision import resolve
+
+    model = dataclasses.replace(p.model, precision=resolve("auto", resolve_device(p.device)))
+    return dataclasses.replace(p, model=model)
+
+
 def run_stage(
     name: str,
     params: Path,
@@ -45,7 +58,7 @@ def run_stage(
     a torchrun job of that many processes (`distiller.core.launch`), at most one per core or GPU (`processes`)."""
     share_cores()  # before the stage module imports torch
     with session() as reporter:
-        p = load(params, overrides, extra)
+        p = resolved(load(params, overrides, extra))
         stage = importlib.import_module(f"distiller.stages.{name}")
         if root.exists() and not root.is_dir():
             raise DistillerError(f"--root {root}: not a directory (the project folder that holds artifacts/)")
