@@ -167,3 +167,47 @@ def test_checkpointed_mtt_gives_the_images_of_full_mtt_to_float32_rounding(digit
         checkpoint.images, runs["tesla"][0].images
     )
     assert curves["expert"] == runs["full"][1]["expert"] and checkpoint.lr == pytest.approx(full.lr, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# learned labels (mtt.soft_labels)
+
+
+def _with_soft_labels(n_steps: int, memory: str):
+    p, s, start, target = _tiny_problem(n_steps, memory)
+    soft = torch.nn.functional.one_hot(s.labels, 2).double().requires_grad_(True)
+    return p, dataclasses.replace(s, labels=soft), start, target
+
+
+def test_learned_labels_get_their_meta_gradient_in_every_exact_mode():
+    """d L / d y by autograd against central differences (float64), and `checkpoint` gives `full`'s exactly."""
+    p, s, start, target = _with_soft_labels(3, "full")
+
+    def loss_fn(labels: torch.Tensor) -> torch.Tensor:
+        theta0 = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+        gen = generator(7, "aug")
+        theta_n = student_unroll(s.model, theta0, s.images.detach(), labels, s.syn_lr.detach(), 3, 3, s.augment, gen)
+        return mtt_loss(theta_n, start, target)
+
+    assert torch.autograd.gradcheck(loss_fn, (s.labels,), eps=1e-6, atol=1e-6, rtol=1e-4)
+    grads = {}
+    for memory in ("full", "checkpoint"):
+        p, s, start, target = _with_soft_labels(5, memory)
+        meta_gradient(dataclasses.replace(p, segments=2), s, start, target)
+        grads[memory] = s.labels.grad
+    assert torch.allclose(grads["checkpoint"], grads["full"], rtol=1e-12, atol=1e-14)
+
+
+def test_distill_with_soft_labels_learns_non_negative_distributions_reproducibly(digits, tiny):
+    device = torch.device("cpu")
+    trajectories = [train_expert(digits, tiny.model, tiny.expert, tiny.augment, 0, i, device)[0] for i in range(2)]
+    buffer = ExpertBuffer(trajectories, {})
+    ctx = Context(digits, tiny.model, tiny.augment, tiny.seed, device)
+    p = dataclasses.replace(tiny.mtt, soft_labels=True, lr_label=0.01)
+    a, _ = distill(ctx, buffer, p, 1, tiny.expert.lr)
+    b, _ = distill(ctx, buffer, p, 1, tiny.expert.lr)
+    hard, _ = distill(ctx, buffer, tiny.mtt, 1, tiny.expert.lr)
+    assert a.soft_labels is not None and hard.soft_labels is None
+    assert torch.equal(a.soft_labels, b.soft_labels) and torch.equal(a.images, b.images)
+    assert (a.soft_labels >= 0).all() and torch.equal(a.labels, hard.labels)
+    assert not torch.equal(a.soft_labels, torch.nn.functional.one_hot(a.labels, 10).float())  # they were learned

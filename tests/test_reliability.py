@@ -205,9 +205,9 @@ def test_mtt_skips_non_finite_steps_counts_them_and_continues(prepared: Path, mo
     monkeypatch.setattr(mtt, "mtt_loss", flaky)
     real_step, seen = mtt.outer_step, []
 
-    def recorded(loss, images, *args):
-        problem = real_step(loss, images, *args)
-        seen.append(images.detach().clone())
+    def recorded(loss, learned, *args):
+        problem = real_step(loss, learned, *args)
+        seen.append(learned["images"].detach().clone())
         return problem
 
     monkeypatch.setattr(mtt, "outer_step", recorded)

@@ -122,6 +122,8 @@ class MTTParams:
     memory: Memory = setting("full", "meta-gradient: N steps' graph, recomputed segments (exact), or TESLA's (approx.)")
     segments: int = setting(0, "checkpoint: segments rebuilt one at a time (0: about sqrt(N)); N: one step each", ge=0)
     syn_lr_floor: float = setting(1e-4, "alpha is kept >= this; 0 lets it go negative, as in the reference", ge=0)
+    soft_labels: bool = setting(False, "learn labels too: distributions, one-hot at first, kept >= 0 (not MTT's)")
+    lr_label: float = setting(1.0, "soft_labels: SGD lr on the labels", gt=0, le=1e6)
 
 
 @dataclass(frozen=True)

@@ -152,12 +152,13 @@ def bounded_meta_gradient(p: MTTParams, s: Student, start: ParamDict, target: Pa
             s.gen.set_state(draws[i][1])
             out = sgd_step(s.model, out, s.images, s.labels, s.syn_lr, draws[i][0], s.augment, s.gen)
         exact = p.memory == "checkpoint"
-        inputs = [s.images, s.syn_lr, *(theta_first.values() if exact else ())]
+        leaves = (s.images, s.syn_lr, *((s.labels,) if s.labels.requires_grad else ()))  # S, alpha, learned labels
+        inputs = [*leaves, *(theta_first.values() if exact else ())]
         grads = torch.autograd.grad(list(out.values()), inputs, grad_outputs=lam)
-        for leaf_, g in zip((s.images, s.syn_lr), grads[:2], strict=True):
+        for leaf_, g in zip(leaves, grads[: len(leaves)], strict=True):
             leaf_.grad = g if leaf_.grad is None else leaf_.grad + g
         if exact:
-            lam = grads[2:]  # lambda at the segment's start
+            lam = grads[len(leaves) :]  # lambda at the segment's start
     s.gen.set_state(after)
     return loss.detach()
 
@@ -175,15 +176,20 @@ def distill(ctx: Context, buffer: ExpertBuffer, p: MTTParams, ipc: int, syn_lr: 
     Guarded (`outer_step`); with `ctx.store`, checkpointed every `store.every` iterations and resumed from a matching
     checkpoint, bitwise equal to an uninterrupted run on the CPU."""
     images = initial_images(ctx.data, ipc, p.init, ctx.generator("mtt-init")).to(ctx.device).requires_grad_(True)
-    labels = class_major_labels(ctx.data.num_classes, ipc).to(ctx.device)
+    hard = class_major_labels(ctx.data.num_classes, ipc).to(ctx.device)
+    labels = F.one_hot(hard, ctx.data.num_classes).float().requires_grad_(True) if p.soft_labels else hard
     lr = torch.tensor(float(syn_lr), device=ctx.device).requires_grad_(True)
-    opt_img = torch.optim.SGD([images], lr=p.lr_img, momentum=p.momentum)
-    opt_lr = torch.optim.SGD([lr], lr=p.lr_lr, momentum=p.momentum)
+    opts = {
+        "opt_img": torch.optim.SGD([images], lr=p.lr_img, momentum=p.momentum),
+        "opt_lr": torch.optim.SGD([lr], lr=p.lr_lr, momentum=p.momentum),
+        **({"opt_label": torch.optim.SGD([labels], lr=p.lr_label, momentum=p.momentum)} if p.soft_labels else {}),
+    }
     model = ctx.network(ctx.generator("mtt-arch"))
     segment_gen, augment_gen = ctx.generator("mtt-segment"), ctx.generator("mtt-augment", on_device=True)
     curves, guard = Curves(CURVES), Guard(ctx.guard, "MTT")
     gens = {"segment": segment_gen, "augment": augment_gen}
-    state = ctx.resumable("mtt", {"images": images, "syn_lr": lr}, {"opt_img": opt_img, "opt_lr": opt_lr}, gens)
+    learned = {"images": images, "syn_lr": lr, **({"labels": labels} if p.soft_labels else {})}
+    state = ctx.resumable("mtt", learned, opts, gens)
     if (saved := state.resume(p.iterations)) is not None:  # the rest of the run is what it would have been
         curves, guard.bad = Curves(CURVES, saved["curves"]), saved["bad"]
     advance = ctx.progress.task("distill (MTT)", p.iterations)
@@ -194,10 +200,10 @@ def distill(ctx: Context, buffer: ExpertBuffer, p: MTTParams, ipc: int, syn_lr: 
         t = int(torch.randint(p.max_start_epoch, (1,), generator=segment_gen))
         start = {k: v.to(ctx.device) for k, v in buffer.trajectories[e][t].items()}
         target = {k: v.to(ctx.device) for k, v in buffer.trajectories[e][t + p.expert_epochs].items()}
-        opt_img.zero_grad(set_to_none=True)
-        opt_lr.zero_grad(set_to_none=True)
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
         loss = meta_gradient(p, Student(model, images, labels, lr, ctx.augment, augment_gen), start, target)
-        problem = outer_step(loss, images, lr, opt_img, opt_lr, p.syn_lr_floor, float(syn_lr))
+        problem = outer_step(loss, learned, list(opts.values()), p.syn_lr_floor, float(syn_lr))
 
         guard.check(problem, f"iteration {it}")
         curves.add(
@@ -207,48 +213,48 @@ def distill(ctx: Context, buffer: ExpertBuffer, p: MTTParams, ipc: int, syn_lr: 
         if state.due(it, p.iterations):
             state.save(it, bad=guard.bad, curves=curves.columns)
     guard.finish(curves["skipped"])
-    return SyntheticSet(images.detach().clone(), labels.clone(), lr.item(), ipc), curves
+    soft = labels.detach().clone() if p.soft_labels else None
+    return SyntheticSet(images.detach().clone(), hard.clone(), lr.item(), ipc, soft), curves
 
 
 def outer_step(
     loss: torch.Tensor,
-    images: torch.Tensor,
-    syn_lr: torch.Tensor,
-    opt_img: torch.optim.Optimizer,
-    opt_lr: torch.optim.Optimizer,
+    learned: dict[str, torch.Tensor],
+    opts: list[torch.optim.Optimizer],
     floor: float,
     start_lr: float,
 ) -> str | None:
-    """One SGD step on S and alpha, whose gradients `meta_gradient` left in `.grad`; returns what went wrong, or None.
+    """One SGD step on S, alpha (and the labels when learned), whose gradients `meta_gradient` left in `.grad`;
+    returns what went wrong, or None.
 
     A step whose loss or gradients are not finite is skipped, blaming the outer lr of whichever grew: alpha (more
     than tenfold from `start_lr`: mtt.lr_lr) or else the images (mtt.lr_img); one that leaves alpha non-positive or
-    non-finite (possible when `floor` is 0) or the images non-finite is rolled back to the state before it."""
-    if not finite(loss, images.grad, syn_lr.grad):
+    non-finite (possible when `floor` is 0) or the images non-finite is rolled back to the state before it. Learned
+    labels stay label distributions' parts: non-negative."""
+    images, syn_lr, labels = learned["images"], learned["syn_lr"], learned.get("labels")
+    if not finite(loss, *(t.grad for t in learned.values())):
         alpha = float(syn_lr.detach())
         if abs(alpha) > 10 * abs(start_lr):
             return f"the MTT loss or its gradient is not finite with syn_lr grown to {alpha:.3g} (lower mtt.lr_lr)"
         return "the MTT loss or its gradient is not finite (images exploding: lower mtt.lr_img)"
-    before = (
-        images.detach().clone(),
-        syn_lr.detach().clone(),
-        [copy.deepcopy(o.state_dict()) for o in (opt_img, opt_lr)],
-    )
-    opt_img.step()
-    opt_lr.step()
-    if floor > 0:
-        with torch.no_grad():
+    before = ({k: v.detach().clone() for k, v in learned.items()}, [copy.deepcopy(o.state_dict()) for o in opts])
+    for opt in opts:
+        opt.step()
+    with torch.no_grad():
+        if floor > 0:
             syn_lr.clamp_(min=floor)  # keep alpha positive (the reference lets it go negative)
-    if finite(syn_lr, images) and float(syn_lr.detach()) > 0:
+        if labels is not None:
+            labels.clamp_(min=0)
+    if finite(*learned.values()) and float(syn_lr.detach()) > 0:
         return None
     problem = (
         "the learned syn_lr went non-positive or non-finite (lower mtt.lr_lr, or set mtt.syn_lr_floor > 0)"
-        if finite(images)
-        else "the synthetic images became non-finite (lower mtt.lr_img)"
+        if finite(images, labels)
+        else "the synthetic images or labels became non-finite (lower mtt.lr_img or mtt.lr_label)"
     )
     with torch.no_grad():  # roll back to the last good state
-        images.copy_(before[0])
-        syn_lr.copy_(before[1])
-    for opt, sd in zip((opt_img, opt_lr), before[2], strict=True):
+        for k, v in learned.items():
+            v.copy_(before[0][k])
+    for opt, sd in zip(opts, before[1], strict=True):
         opt.load_state_dict(sd)
     return problem
