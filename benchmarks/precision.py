@@ -131,7 +131,8 @@ def _sgd(model, images, labels, batches: int, aug, generator):
 
     def step() -> None:
         for i in range(batches):
-            idx = torch.arange(i * 256, (i + 1) * 256) % len(images)
+            size = min(256, len(images))  # an expert's minibatch, or the whole set when it is smaller
+            idx = torch.arange(i * size, (i + 1) * size) % len(images)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(dsa(images[idx], aug, gen)), labels[idx]).backward()
             opt.step()
