@@ -20,6 +20,7 @@ from distiller.core import checkpoint as ckpt
 from distiller.core.files import load_safetensors, read_sealed_json, save_safetensors, write_sealed_json
 from distiller.core.params import params_from_dict
 from distiller.core.paths import Layout
+from distiller.data import prepared
 from distiller.methods import mtt
 
 runner = CliRunner()
@@ -193,7 +194,7 @@ CASES = {  # name -> (forge the project, stage that reads it, what its one line 
     },
 }
 
-PREPARED = ("distiller.data.prepared", "2")
+PREPARED = (prepared.FORMAT, prepared.FORMAT_VERSION)
 
 
 def _forge_prepared(lay: Layout, classes) -> None:

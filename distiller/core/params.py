@@ -123,7 +123,7 @@ class MTTParams:
     segments: int = setting(0, "checkpoint: segments rebuilt one at a time (0: about sqrt(N)); N: one step each", ge=0)
     syn_lr_floor: float = setting(1e-4, "alpha is kept >= this; 0 lets it go negative, as in the reference", ge=0)
     soft_labels: bool = setting(False, "learn labels too: distributions, one-hot at first, kept >= 0 (not MTT's)")
-    lr_label: float = setting(1.0, "soft_labels: SGD lr on the labels", gt=0, le=1e6)
+    lr_label: float = setting(0.003, "soft_labels: SGD lr on the labels (best of 0.001 to 1 on digits)", gt=0, le=1e6)
 
 
 @dataclass(frozen=True)
@@ -256,9 +256,7 @@ def _check_combinations(p: Params) -> None:
     if r.window > r.horizon:
         raise DistillerError(f"ratbptt.window ({r.window}) exceeds ratbptt.horizon ({r.horizon})")
     if r.placement == "fixed" and r.warmup_steps + r.window > r.horizon:
-        raise DistillerError(
-            f"ratbptt.warmup_steps ({r.warmup_steps}) + window ({r.window}) exceeds ratbptt.horizon ({r.horizon})"
-        )
+        raise DistillerError(f"ratbptt.warmup_steps ({r.warmup_steps}) + window ({r.window}) > horizon ({r.horizon})")
     if not SEMVER.fullmatch(p.package.version):
         raise DistillerError(f"package.version must be a semantic version like 1.2.0, got '{p.package.version}'")
     if p.evaluate.ddranking and p.evaluate.full_data_runs < 1:
