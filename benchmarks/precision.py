@@ -204,7 +204,7 @@ def fidelity_table(args: argparse.Namespace) -> str:
                 raw_p = {**raw, "model": {"precision": prec}}
                 root = make_project(Path(tmp) / f"{len(curves)}-{prec}", raw_p, "download", "expert-buffer", "distill")
                 m = run_stage("evaluate", params_from_dict(raw_p), root)
-                acc[prec] = {b: r["distilled"] for b, r in m["budgets"].items()} if "budgets" in m else {}
+                acc[prec] = {b: r["distilled" if "distilled" in r else "boosted"] for b, r in m["budgets"].items()}
                 if name.startswith("MTT"):
                     lines = (root / "artifacts" / "distill" / "curves.csv").read_text().splitlines()
                     curves.setdefault(name, {})[prec] = [float(r.split(",")[1]) for r in lines[1:]]
